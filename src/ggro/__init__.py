@@ -1,0 +1,21 @@
+"""GGRO: Gradient-Guided Reward Optimization for inference-time alignment of local HF causal LMs."""
+
+from .config import GGROConfig
+from .decoder import GGRODecoder
+from .events import GGROEvent, GGROResult, NudgeEvent, SegmentEvent, Timing, Usage
+from .rewards import HFRewardModel, RewardError, RewardModel
+
+__all__ = [
+    "GGROConfig",
+    "GGRODecoder",
+    "GGROEvent",
+    "GGROResult",
+    "HFRewardModel",
+    "NudgeEvent",
+    "RewardError",
+    "RewardModel",
+    "SegmentEvent",
+    "Timing",
+    "Usage",
+]
+__version__ = "0.1.0"

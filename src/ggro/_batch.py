@@ -1,0 +1,144 @@
+"""Batched policy forward passes for sequences that each roll back and advance on their own.
+
+Every sequence owns one row of a shared KV cache. A step feeds each row a chunk of its own length
+(right-padded with dead slots). Rolling a row back marks its slots dead in the attention mask instead of
+moving memory; RoPE/learned positions come from explicit ``position_ids`` so holes change nothing
+numerically meaningful. Dead tails common to all rows are cropped, and the cache is compacted when
+holes dominate. With one row there are never holes: a rollback is a crop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import PreTrainedModel
+
+from ._compat import cache_kwargs, cache_position_kwargs, crop_to, gather_cache_slots, new_cache, output_cache
+
+
+@dataclass
+class FeedRequest:
+    tokens: list[int]
+    all_logits: bool = False
+    """Return logits for every fed position (speculative verification); else only for the last."""
+
+
+@dataclass
+class _Row:
+    slots: list[int] = field(default_factory=list)
+    """Cache slot index of each live token, in order."""
+
+
+class PolicyBatch:
+    def __init__(self, model: PreTrainedModel, num_rows: int, pad_token_id: int = 0) -> None:
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.cache = new_cache(model)
+        self.rows = [_Row() for _ in range(num_rows)]
+        self.live = torch.zeros(num_rows, 0, dtype=torch.bool)
+        self.pad_token_id = pad_token_id
+        self.forward_passes = 0
+
+    def length(self, row: int) -> int:
+        return len(self.rows[row].slots)
+
+    @property
+    def num_slots(self) -> int:
+        return self.live.shape[1]
+
+    def rollback(self, row: int, length: int) -> None:
+        """Forget everything of ``row`` after its first ``length`` tokens."""
+        slots = self.rows[row].slots
+        if length >= len(slots):
+            return
+        dead = slots[length:]
+        del slots[length:]
+        self.live[row, dead] = False
+        self._trim()
+
+    def _trim(self) -> None:
+        last = max((r.slots[-1] + 1 for r in self.rows if r.slots), default=0)
+        if last < self.num_slots:
+            crop_to(self.cache, last)
+            self.live = self.live[:, :last]
+        longest = max((len(r.slots) for r in self.rows), default=0)
+        if self.num_slots > 2 * longest + 64:
+            self._compact(longest)
+
+    def _compact(self, longest: int) -> None:
+        """Right-align each row's live slots in a cache of ``longest`` slots."""
+        index = torch.zeros(len(self.rows), longest, dtype=torch.long)
+        live = torch.zeros(len(self.rows), longest, dtype=torch.bool)
+        for i, row in enumerate(self.rows):
+            n = len(row.slots)
+            if n:
+                index[i, longest - n :] = torch.tensor(row.slots)
+                live[i, longest - n :] = True
+            row.slots = list(range(longest - n, longest))
+        gather_cache_slots(self.cache, index)
+        self.live = live
+
+    def step(self, requests: dict[int, FeedRequest]) -> dict[int, torch.Tensor]:
+        """One forward pass over every row's chunk. Returns float32 logits per requesting row:
+        [len(tokens), vocab] when ``all_logits`` else [1, vocab] (the last fed position)."""
+        if not requests:
+            return {}
+        width = max(len(r.tokens) for r in requests.values())
+        n_rows = len(self.rows)
+        ids = torch.full((n_rows, width), self.pad_token_id, dtype=torch.long)
+        positions = torch.zeros(n_rows, width, dtype=torch.long)
+        chunk_live = torch.zeros(n_rows, width, dtype=torch.bool)
+        start = self.num_slots
+        for i, row in enumerate(self.rows):
+            base = len(row.slots)
+            req = requests.get(i)
+            n = len(req.tokens) if req else 0
+            if n:
+                ids[i, :n] = torch.tensor(req.tokens)
+                chunk_live[i, :n] = True
+            positions[i] = base + torch.arange(width).clamp(max=max(n - 1, 0))
+            row.slots.extend(range(start, start + n))
+        # Logits only where someone reads them: never a [length x vocab] tensor over a prefill.
+        wanted: set[int] = set()
+        for req in requests.values():
+            n = len(req.tokens)
+            wanted.update(range(n) if req.all_logits else [n - 1])
+        keep = sorted(wanted)
+        attention = torch.cat([self.live, chunk_live], dim=1)
+        kwargs = cache_kwargs(self.model, self.cache)
+        kwargs.update(cache_position_kwargs(self.model, start, width, self.device))
+        with torch.no_grad():
+            out = self.model(
+                input_ids=ids.to(self.device),
+                attention_mask=attention.to(self.device, torch.long),
+                position_ids=positions.to(self.device),
+                use_cache=True,
+                logits_to_keep=torch.tensor(keep, device=self.device),
+                **kwargs,
+            )
+        self.forward_passes += 1
+        cache = output_cache(out)
+        if cache is not None:
+            self.cache = cache
+        self.live = attention
+        column = {pos: j for j, pos in enumerate(keep)}
+        logits = out.logits
+        result: dict[int, torch.Tensor] = {}
+        for i, req in requests.items():
+            n = len(req.tokens)
+            cols = [column[p] for p in (range(n) if req.all_logits else [n - 1])]
+            result[i] = logits[i, cols].float()
+        return result
+
+    def drop_rows(self, keep_rows: Sequence[int]) -> list[int]:
+        """Keep only ``keep_rows`` (finished sequences leave the batch). Returns the old->new mapping order."""
+        keep = list(keep_rows)
+        if len(keep) == len(self.rows):
+            return keep
+        self.cache.batch_select_indices(torch.tensor(keep, device=self.device))
+        self.live = self.live[keep]
+        self.rows = [self.rows[i] for i in keep]
+        self._trim()
+        return keep

@@ -1,0 +1,75 @@
+"""Small shims over transformers releases (4.56+ and 5.x), public APIs only."""
+
+from __future__ import annotations
+
+import inspect
+from functools import lru_cache
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+
+@lru_cache(maxsize=64)
+def _cache_kwarg_for(forward: Any) -> str:
+    params = inspect.signature(forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def cache_kwargs(model: torch.nn.Module, cache: DynamicCache | None) -> dict[str, Any]:
+    """The keyword that passes a KV cache to ``model.forward`` (renamed ``cache`` in transformers 5.x)."""
+    return {_cache_kwarg_for(type(model).forward): cache}
+
+
+@lru_cache(maxsize=64)
+def _takes_cache_position(forward: Any) -> bool:
+    return "cache_position" in inspect.signature(forward).parameters
+
+
+def cache_position_kwargs(model: torch.nn.Module, start: int, width: int, device: torch.device) -> dict[str, Any]:
+    """Older releases take slot indices as ``cache_position``; 5.x derives them from the cache."""
+    if _takes_cache_position(type(model).forward):
+        return {"cache_position": torch.arange(start, start + width, device=device)}
+    return {}
+
+
+def output_cache(output: Any) -> DynamicCache | None:
+    cache = getattr(output, "cache", None)
+    if cache is None:
+        cache = getattr(output, "past_key_values", None)
+    return cache
+
+
+def new_cache(model: torch.nn.Module) -> DynamicCache:
+    try:
+        return DynamicCache(config=model.config)
+    except TypeError:  # transformers < 4.56 takes no config
+        return DynamicCache()
+
+
+def gather_cache_slots(cache: DynamicCache, index: torch.Tensor) -> None:
+    """Keep, per batch row, the KV slots in ``index`` [batch, new_len] (in place, all layers)."""
+    for layer in cache.layers:
+        keys, values = layer.keys, layer.values
+        if keys is None or values is None or keys.numel() == 0:
+            continue
+        idx = index.to(keys.device)[:, None, :, None].expand(-1, keys.shape[1], -1, keys.shape[3])
+        layer.keys = keys.gather(2, idx)
+        layer.values = values.gather(2, idx)
+
+
+def crop_to(cache: DynamicCache, length: int) -> None:
+    """Keep the first ``length`` slots (a negative count to remove works across 4.x and 5.x)."""
+    remove = cache.get_seq_length() - length
+    if remove > 0:
+        cache.crop(-remove)
+
+
+def crop_detached(cache: DynamicCache, length: int) -> None:
+    """Crop to ``length`` slots and cut the kept KV out of any autograd graph (a scoring pass with
+    gradients appended to the cache; the prefix it keeps must not hold on to that graph)."""
+    crop_to(cache, length)
+    for layer in cache.layers:
+        if layer.keys is not None and layer.keys.requires_grad:
+            layer.keys = layer.keys.detach()
+            layer.values = layer.values.detach()

@@ -1,0 +1,111 @@
+"""What a GGRO run reports: one event per accepted segment, one per nudge, and the final result."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["GGROEvent", "GGROResult", "Listener", "NudgeEvent", "SegmentEvent", "Timing", "Usage"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class NudgeEvent(_Frozen):
+    """A segment in which the reward gradient proposed and tried at least one nudge token.
+
+    ``kept`` says whether a nudged candidate won over the unnudged draft (the paper's "nudge").
+    Positions count response tokens from 0.
+    """
+
+    kind: Literal["nudge"] = "nudge"
+    sequence_index: int = Field(description="Index of the prompt in the batch.")
+    segment_index: int
+    insertion_position: int = Field(description="Response-token position where the nudge token was forced.")
+    entropy: float = Field(description="Policy next-token entropy (nats) at the insertion position.")
+    draft_token_id: int
+    draft_token: str
+    nudge_token_id: int = Field(description="Token at the insertion position of the kept candidate, or of the "
+                                "first nudged candidate when the draft was kept.")
+    nudge_token: str
+    draft_reward: float
+    kept_reward: float
+    refinements_used: int = Field(description="Candidates evaluated in this segment, the draft included.")
+    kept_refinement: int
+    kept: bool
+
+
+class SegmentEvent(_Frozen):
+    """A segment that was accepted into the response."""
+
+    kind: Literal["segment"] = "segment"
+    sequence_index: int
+    segment_index: int
+    start_position: int = Field(description="Response-token position of the segment's first token.")
+    token_ids: list[int]
+    text: str
+    insertion_position: int | None = Field(description="Where a nudge would be forced; None when the segment was "
+                                           "too short to hold it.")
+    entropy_at_end: float | None = Field(description="Entropy that ended the segment; None when EOS, a stop "
+                                         "sequence or the budget ended it.")
+    candidate_rewards: list[float | None] = Field(description="Reward of each candidate (None: not finite).")
+    kept_refinement: int
+    nudged: bool
+    stopped_on_repeat: bool
+    reward_fallback: bool = Field(False, description="A non-finite reward was seen; those candidates lost.")
+    finished: bool = Field(description="The response ends with this segment.")
+
+
+GGROEvent = NudgeEvent | SegmentEvent
+Listener = Callable[[GGROEvent], None]
+
+
+class Usage(_Frozen):
+    prompt_tokens: int
+    completion_tokens: int
+    policy_forward_passes: int = Field(description="Forward calls on the policy (a batched call counts once).")
+    policy_tokens_processed: int = Field(description="Tokens fed through the policy, prefill included.")
+    reward_calls: int = Field(description="Reward-model forward passes (with or without gradient).")
+    reward_tokens_processed: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class Timing(_Frozen):
+    seconds: float = Field(description="Wall-clock seconds of the decode (batch-wide for batched calls).")
+    first_segment_seconds: float | None = Field(description="Seconds until the first segment was accepted.")
+
+
+class GGROResult(_Frozen):
+    """One decoded response."""
+
+    text: str
+    token_ids: list[int] = Field(description="Response token ids (an end-of-turn token is not included).")
+    prompt_token_ids: list[int]
+    finish_reason: Literal["stop", "length", "stop_sequence"]
+    segments: list[SegmentEvent]
+    nudges: list[NudgeEvent] = Field(description="One event per segment where a nudge was tried; see `kept`.")
+    final_reward: float | None
+    usage: Usage
+    timing: Timing
+
+    @property
+    def num_nudges(self) -> int:
+        """Segments whose kept candidate is a nudged one (the paper's count)."""
+        return sum(1 for n in self.nudges if n.kept)
+
+    @property
+    def events(self) -> list[GGROEvent]:
+        """Segment and nudge events in the order they were delivered."""
+        out: list[GGROEvent] = []
+        by_segment = {n.segment_index: n for n in self.nudges}
+        for seg in self.segments:
+            if seg.segment_index in by_segment:
+                out.append(by_segment[seg.segment_index])
+            out.append(seg)
+        return out

@@ -1,0 +1,186 @@
+"""Any Hugging Face ``AutoModelForSequenceClassification`` reward model with the policy's vocabulary.
+
+This is the exact gradient path: the policy's token ids index the RM's embedding matrix directly. For
+causal (decoder-only) RMs the KV cache of the accepted prefix is kept per sequence, so scoring a
+candidate costs a forward + backward over the segment only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForSequenceClassification, PreTrainedModel
+
+from .._compat import cache_kwargs, crop_detached, crop_to, new_cache, output_cache
+from .base import RewardError, RewardModel, RewardSession, SegmentScore
+
+__all__ = ["HFRewardModel"]
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class HFRewardModel(RewardModel):
+    """Wraps a sequence-classification model with one output (the reward)."""
+
+    def __init__(self, model: PreTrainedModel, *, name: str | None = None, use_prefix_cache: bool | None = None):
+        num_labels = getattr(model.config, "num_labels", 1)
+        if num_labels != 1:
+            raise ValueError(f"reward model: num_labels must be 1 (a scalar reward), got {num_labels}")
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
+        self._embedding = self.model.get_input_embeddings()
+        is_decoder = not getattr(model.config, "is_encoder_decoder", False) and getattr(
+            model.config, "is_decoder", True
+        )
+        # Decoder-only architectures (Llama, GPT-2, Qwen, ...) attend causally, so a prefix cache is exact.
+        causal = is_decoder and hasattr(model.config, "num_hidden_layers") and not hasattr(model, "bert")
+        self.use_prefix_cache = causal if use_prefix_cache is None else use_prefix_cache
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_id_or_path: str | Path,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+        **kwargs: Any,
+    ) -> HFRewardModel:
+        """Load a reward model by hub id or local path."""
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(model_id_or_path), num_labels=1, dtype=dtype, **kwargs
+        ).to(device)
+        if model.config.pad_token_id is None:
+            # Pooling of batched inputs needs a pad id; a single sequence is pooled at its last token anyway.
+            model.config.pad_token_id = model.config.eos_token_id if isinstance(model.config.eos_token_id, int) else 0
+        return cls(model, name=str(model_id_or_path))
+
+    @property
+    def device(self) -> torch.device:
+        return self._embedding.weight.device
+
+    def check_vocabulary(self, policy_vocab_size: int) -> None:
+        rows = self._embedding.weight.shape[0]
+        if rows < policy_vocab_size:
+            raise ValueError(
+                f"reward model {self.name!r}: its embedding has {rows} rows but the policy's vocabulary has "
+                f"{policy_vocab_size} tokens; the exact gradient path needs the policy's tokenizer"
+            )
+
+    def open_session(self) -> RewardSession:
+        return _HFSession(self)
+
+    def candidate_scores(self, gradient: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        rows = self._embedding.weight[token_ids.to(self.device)].float()
+        return rows @ gradient.to(rows.device).float()
+
+    def pooled_reward(self, logits: torch.Tensor) -> torch.Tensor:
+        """[batch] reward from the model's pooled logits, checking the shape."""
+        if logits.dim() != 2 or logits.shape[-1] != 1:
+            raise RewardError(f"reward model {self.name!r}: expected logits of shape [batch, 1], got "
+                              f"{tuple(logits.shape)}")
+        return logits[:, 0]
+
+    def embed(self, ids: Sequence[int]) -> torch.Tensor:
+        return self._embedding(torch.tensor([list(ids)], device=self.device))
+
+
+class _HFSession(RewardSession):
+    def __init__(self, rm: HFRewardModel):
+        self.rm = rm
+        self.cache: Any = None
+        self.cached_ids: list[int] = []
+        self.calls = 0
+        self.tokens_processed = 0
+
+    def _forward(self, embeds: torch.Tensor, cache: Any, past: int) -> tuple[torch.Tensor, Any]:
+        model = self.rm.model
+        length = embeds.shape[1]
+        mask = torch.ones(1, past + length, dtype=torch.long, device=embeds.device)
+        kwargs: dict[str, Any] = {"inputs_embeds": embeds, "attention_mask": mask}
+        if cache is not None:
+            kwargs.update(cache_kwargs(model, cache))
+            kwargs["use_cache"] = True
+            kwargs["position_ids"] = torch.arange(past, past + length, device=embeds.device)[None]
+        self.calls += 1
+        self.tokens_processed += length
+        try:
+            out = model(**kwargs)
+        except Exception as exc:  # the RM is user code: report it with its name, keep the original
+            raise RewardError(f"reward model {self.rm.name!r} failed: {exc}") from exc
+        return self.rm.pooled_reward(out.logits), output_cache(out)
+
+    def _sync_prefix(self, prefix_ids: Sequence[int]) -> None:
+        """Make the cache hold exactly ``prefix_ids`` (roll back to the common part, extend the rest)."""
+        keep = _common_prefix(self.cached_ids, prefix_ids)
+        if self.cache is None:
+            self.cache = new_cache(self.rm.model)
+            keep = 0
+        elif keep < len(self.cached_ids):
+            crop_to(self.cache, keep)
+        missing = list(prefix_ids[keep:])
+        self.cached_ids = list(prefix_ids[:keep])
+        if missing:
+            with torch.no_grad():
+                _, self.cache = self._forward(self.rm.embed(missing), self.cache, keep)
+            self.cached_ids = list(prefix_ids)
+
+    def score_segment(
+        self, prefix_ids: Sequence[int], segment_ids: Sequence[int], grad_position: int | None
+    ) -> SegmentScore:
+        if not segment_ids:
+            raise ValueError("score_segment: empty segment")
+        use_cache = self.rm.use_prefix_cache and len(prefix_ids) > 0
+        if use_cache:
+            self._sync_prefix(prefix_ids)
+            feed = list(segment_ids)
+            offset = 0
+        else:
+            feed = list(prefix_ids) + list(segment_ids)
+            offset = len(prefix_ids)
+        with torch.no_grad():
+            embeds = self.rm.embed(feed)
+        leaf: torch.Tensor | None = None
+        if grad_position is not None:
+            # Only the insertion position needs dr/de; make just that row a leaf.
+            leaf = embeds[0, offset + grad_position].detach().clone().requires_grad_(True)
+            embeds = torch.cat(
+                [embeds[:, : offset + grad_position], leaf[None, None], embeds[:, offset + grad_position + 1 :]],
+                dim=1,
+            )
+        past = len(prefix_ids) if use_cache else 0
+        with torch.enable_grad() if leaf is not None else torch.no_grad():
+            reward_t, _ = self._forward(embeds, self.cache if use_cache else None, past)
+            if use_cache:
+                crop_detached(self.cache, len(prefix_ids))  # drop the candidate's KV; the prefix stays
+            if reward_t.shape != (1,):
+                raise RewardError(f"reward model {self.rm.name!r}: expected one reward, got shape "
+                                  f"{tuple(reward_t.shape)}")
+            reward = float(reward_t[0].detach().float())
+            gradient = None
+            if leaf is not None and torch.isfinite(reward_t).all():
+                (gradient,) = torch.autograd.grad(reward_t[0], leaf)
+                gradient = gradient.detach().float()
+        return SegmentScore(reward=reward, gradient=gradient)
+
+    def score_sequence(self, ids: Sequence[int]) -> float:
+        ids = list(ids)
+        if self.rm.use_prefix_cache and len(ids) > 1:
+            self._sync_prefix(ids[:-1])
+            with torch.no_grad():
+                reward_t, _ = self._forward(self.rm.embed(ids[-1:]), self.cache, len(ids) - 1)
+            crop_to(self.cache, len(ids) - 1)
+        else:
+            with torch.no_grad():
+                reward_t, _ = self._forward(self.rm.embed(ids), None, 0)
+        return float(reward_t[0].float())

@@ -1,0 +1,78 @@
+"""Shared fixtures: tiny randomly initialised models built in-process (no downloads)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaForSequenceClassification,
+)
+
+from ggro import HFRewardModel
+
+VOCAB = 96
+EOS = 2
+
+
+def tiny_llama(seed: int = 0, std: float = 0.3) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=64, max_position_embeddings=512, initializer_range=std, eos_token_id=EOS,
+        pad_token_id=0, bos_token_id=1, tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+def tiny_gpt2(seed: int = 0, std: float = 0.3) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=512, initializer_range=std,
+                     eos_token_id=EOS, bos_token_id=1, pad_token_id=0)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def tiny_reward(seed: int = 1, std: float = 0.3) -> HFRewardModel:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=64, max_position_embeddings=512, initializer_range=std, num_labels=1, pad_token_id=0,
+    )
+    return HFRewardModel(LlamaForSequenceClassification(cfg).eval(), name="tiny-rm")
+
+
+class TinyTokenizer:
+    """Just enough tokenizer for the decoder: ids <-> space-separated symbols, no chat template."""
+
+    eos_token_id = EOS
+    pad_token_id = 0
+    bos_token_id = 1
+    chat_template = None
+
+    def __len__(self) -> int:
+        return VOCAB
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:  # noqa: ANN001
+        return "".join(f"<{i}>" if i < 3 and not skip_special_tokens else ("" if i < 3 else f" t{i}") for i in ids)
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
+        ids = [int(tok[1:]) for tok in text.split()]
+        return {"input_ids": ids}
+
+
+@pytest.fixture
+def tiny_tokenizer() -> TinyTokenizer:
+    return TinyTokenizer()
+
+
+def fixtures_dir() -> Path:
+    env = os.environ.get("GGRO_REFERENCE_FIXTURES")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "reference"
