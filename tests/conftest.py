@@ -24,25 +24,51 @@ EOS = 2
 def tiny_llama(seed: int = 0, std: float = 0.3) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=64, max_position_embeddings=512, initializer_range=std, eos_token_id=EOS,
-        pad_token_id=0, bos_token_id=1, tie_word_embeddings=False,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        initializer_range=std,
+        eos_token_id=EOS,
+        pad_token_id=0,
+        bos_token_id=1,
+        tie_word_embeddings=False,
     )
     return LlamaForCausalLM(cfg).eval()
 
 
 def tiny_gpt2(seed: int = 0, std: float = 0.3) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=512, initializer_range=std,
-                     eos_token_id=EOS, bos_token_id=1, pad_token_id=0)
+    cfg = GPT2Config(
+        vocab_size=VOCAB,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        n_positions=512,
+        initializer_range=std,
+        eos_token_id=EOS,
+        bos_token_id=1,
+        pad_token_id=0,
+    )
     return GPT2LMHeadModel(cfg).eval()
 
 
 def tiny_reward(seed: int = 1, std: float = 0.3) -> HFRewardModel:
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=64, max_position_embeddings=512, initializer_range=std, num_labels=1, pad_token_id=0,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        initializer_range=std,
+        num_labels=1,
+        pad_token_id=0,
     )
     return HFRewardModel(LlamaForSequenceClassification(cfg).eval(), name="tiny-rm")
 
@@ -58,7 +84,7 @@ class TinyTokenizer:
     def __len__(self) -> int:
         return VOCAB
 
-    def decode(self, ids, skip_special_tokens: bool = False) -> str:  # noqa: ANN001
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
         return "".join(f"<{i}>" if i < 3 and not skip_special_tokens else ("" if i < 3 else f" t{i}") for i in ids)
 
     def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:

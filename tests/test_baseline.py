@@ -137,8 +137,8 @@ def _check_structure(result: NaiveResult, prompt: list[int], max_new_tokens: int
         assert seg.insertion_offset == (4 if k == 0 else 0)
         assert seg.candidates
         assert 0 <= seg.kept < len(seg.candidates)
-        finite = [c.reward for c in seg.candidates]
-        assert seg.kept == max(range(len(finite)), key=lambda i: (finite[i], -i))
+        rewards = [c.reward for c in seg.candidates]
+        assert seg.kept == max(range(len(rewards)), key=lambda i: (rewards[i], -i))  # first strict max
         assert seg.candidates[0].nudge_token is None
         for cand in seg.candidates:
             assert pos + len(cand.token_ids) <= len(prompt) + max_new_tokens
@@ -160,9 +160,7 @@ def _check_structure(result: NaiveResult, prompt: list[int], max_new_tokens: int
 
 
 @pytest.mark.parametrize("policy_name", ["llama", "gpt2"])
-def test_nudges_and_segments_occur(
-    policy_name: str, request: pytest.FixtureRequest, reward_model: Any
-) -> None:
+def test_nudges_and_segments_occur(policy_name: str, request: pytest.FixtureRequest, reward_model: Any) -> None:
     policy = request.getfixturevalue(f"{policy_name}_policy")
     result = _run(policy, reward_model)
     _check_structure(result, PROMPT, 40)

@@ -94,8 +94,8 @@ class PolicyBatch:
         for i, row in enumerate(self.rows):
             base = len(row.slots)
             req = requests.get(i)
-            n = len(req.tokens) if req else 0
-            if n:
+            n = len(req.tokens) if req is not None else 0
+            if req is not None and n:
                 ids[i, :n] = torch.tensor(req.tokens)
                 chunk_live[i, :n] = True
             positions[i] = base + torch.arange(width).clamp(max=max(n - 1, 0))

@@ -40,7 +40,7 @@ def output_cache(output: Any) -> DynamicCache | None:
     return cache
 
 
-def new_cache(model: torch.nn.Module) -> DynamicCache:
+def new_cache(model: Any) -> DynamicCache:
     try:
         return DynamicCache(config=model.config)
     except TypeError:  # transformers < 4.56 takes no config
@@ -49,7 +49,7 @@ def new_cache(model: torch.nn.Module) -> DynamicCache:
 
 def gather_cache_slots(cache: DynamicCache, index: torch.Tensor) -> None:
     """Keep, per batch row, the KV slots in ``index`` [batch, new_len] (in place, all layers)."""
-    for layer in cache.layers:
+    for layer in list[Any](cache.layers):
         keys, values = layer.keys, layer.values
         if keys is None or values is None or keys.numel() == 0:
             continue
@@ -69,7 +69,7 @@ def crop_detached(cache: DynamicCache, length: int) -> None:
     """Crop to ``length`` slots and cut the kept KV out of any autograd graph (a scoring pass with
     gradients appended to the cache; the prefix it keeps must not hold on to that graph)."""
     crop_to(cache, length)
-    for layer in cache.layers:
+    for layer in list[Any](cache.layers):
         if layer.keys is not None and layer.keys.requires_grad:
             layer.keys = layer.keys.detach()
             layer.values = layer.values.detach()

@@ -199,12 +199,10 @@ def _generate_candidate(
         counters.policy_forward_passes += 1
         cache = _output_cache(out)
         logits = out.logits[0, -1].to(torch.float32, copy=True)
-        if len(gen) == offset:
+        at_insertion = len(gen) == offset
+        if at_insertion:
             insertion_logits = logits
-        if forced_token is not None and len(gen) == offset:
-            token = int(forced_token)
-        else:
-            token = int(torch.argmax(logits))
+        token = int(forced_token) if forced_token is not None and at_insertion else int(torch.argmax(logits))
         gen.append(token)
         if keep_soft_rows:
             soft_rows.append(torch.softmax(logits, dim=-1))
@@ -433,11 +431,7 @@ def naive_ggro_generate(
                     best = reward
                     segment.kept = len(segment.candidates) - 1
                 pending_nudge = None
-                if (
-                    wants_proposal
-                    and gen.insertion_logits is not None
-                    and (g is not None or onehot_row is not None)
-                ):
+                if wants_proposal and gen.insertion_logits is not None and (g is not None or onehot_row is not None):
                     pending_nudge = _propose_nudge(
                         reward_model,
                         gen.insertion_logits,

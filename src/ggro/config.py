@@ -93,8 +93,7 @@ class GGROConfig(BaseModel):
         1e-9,
         ge=0.0,
         le=1e-3,
-        description="Probabilities are clamped to at least this value when computing entropy (the release uses "
-        "1e-9).",
+        description="Probabilities are clamped to at least this value when computing entropy (the release uses 1e-9).",
     )
     stop_sequences: list[str] = Field(
         default_factory=list, description="Generation stops where any of these strings begins; it is cut there."

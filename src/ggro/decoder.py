@@ -96,8 +96,10 @@ class GGRODecoder:
         self.tokenizer = tokenizer
         self.reward = reward
         self.config = config or GGROConfig()
-        vocab = policy.get_output_embeddings().weight.shape[0] if policy.get_output_embeddings() is not None else len(
-            tokenizer
+        vocab = (
+            policy.get_output_embeddings().weight.shape[0]
+            if policy.get_output_embeddings() is not None
+            else len(tokenizer)
         )
         reward.check_vocabulary(min(vocab, len(tokenizer)))
         eos: set[int] = set()
@@ -107,9 +109,12 @@ class GGRODecoder:
             elif isinstance(source, list | tuple):
                 eos.update(int(x) for x in source)
         self.eos_token_ids = frozenset(eos)
-        self.context_window = int(
-            getattr(policy.config, "max_position_embeddings", None) or getattr(policy.config, "n_positions", 0) or 0
-        ) or None
+        self.context_window = (
+            int(
+                getattr(policy.config, "max_position_embeddings", None) or getattr(policy.config, "n_positions", 0) or 0
+            )
+            or None
+        )
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
@@ -234,7 +239,7 @@ class GGRODecoder:
     def _as_batch(prompts: PromptInput | Sequence[PromptInput]) -> list[PromptInput]:
         if isinstance(prompts, str):
             return [prompts]
-        items = list(prompts)
+        items: list[Any] = list(prompts)
         if items and all(isinstance(m, dict) for m in items):
             return [items]  # one chat conversation
         for i, p in enumerate(items):
@@ -384,8 +389,9 @@ class GGRODecoder:
                 if plan.insertion_logits is not None
                 else None,
                 entropy_at_end=kept.end_entropy,
-                candidate_rewards=[c.reward if c.reward is not None and _finite(c.reward) else None
-                                   for c in plan.candidates],
+                candidate_rewards=[
+                    c.reward if c.reward is not None and _finite(c.reward) else None for c in plan.candidates
+                ],
                 kept_refinement=kept_index,
                 nudged=kept_index > 0,
                 stopped_on_repeat=stopped_on_repeat,
@@ -453,8 +459,10 @@ class GGRODecoder:
             cand.reward = score.reward
             if not _finite(score.reward):
                 if cfg.nonfinite_reward == "raise":
-                    raise RewardError(f"reward model {self.reward.name!r} returned a non-finite reward "
-                                      f"({score.reward}) for a candidate")
+                    raise RewardError(
+                        f"reward model {self.reward.name!r} returned a non-finite reward "
+                        f"({score.reward}) for a candidate"
+                    )
                 fallback = True
                 break  # a broken score gives no usable gradient either: the best finite candidate stands
             if score.reward > best_reward:
@@ -577,12 +585,16 @@ class GGRODecoder:
         return aligned
 
     # ------------------------------------------------------------------ helpers
+    def _decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        text = self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        return text if isinstance(text, str) else "".join(text)
+
     def _retokenize(self, ids: list[int]) -> list[int]:
-        text = self.tokenizer.decode(ids, skip_special_tokens=False)
+        text = self._decode(ids, skip_special_tokens=False)
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def _response_text(self, response_ids: list[int], cfg: GGROConfig) -> str:
-        text: str = self.tokenizer.decode(response_ids, skip_special_tokens=True)
+        text: str = self._decode(response_ids, skip_special_tokens=True)
         if cfg.stop_sequences:
             cut = min((i for i in (text.find(s) for s in cfg.stop_sequences) if i >= 0), default=-1)
             if cut >= 0:
@@ -590,13 +602,13 @@ class GGRODecoder:
         return text
 
     def _hits_stop(self, ids: list[int], stops: list[str]) -> bool:
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        text = self._decode(ids, skip_special_tokens=True)
         return any(s in text for s in stops)
 
     def _cut_ids_at_stop(self, ids: list[int], text: str) -> list[int]:
         """The longest prefix of ``ids`` whose text lies within ``text`` (the response cut at its stop)."""
         k = len(ids)
-        while k > 0 and not text.startswith(self.tokenizer.decode(ids[:k], skip_special_tokens=True)):
+        while k > 0 and not text.startswith(self._decode(ids[:k], skip_special_tokens=True)):
             k -= 1
         return ids[:k]
 
@@ -616,9 +628,9 @@ class GGRODecoder:
             insertion_position=plan.start - response_start + plan.offset,
             entropy=token_entropy(plan.insertion_logits, cfg.entropy_probability_floor),
             draft_token_id=draft_tok,
-            draft_token=self.tokenizer.decode([draft_tok]),
+            draft_token=self._decode([draft_tok]),
             nudge_token_id=nudge_tok,
-            nudge_token=self.tokenizer.decode([nudge_tok]),
+            nudge_token=self._decode([nudge_tok]),
             draft_reward=_or_nan(draft.reward),
             kept_reward=_or_nan(kept_reward),
             refinements_used=len(plan.candidates),

@@ -28,8 +28,10 @@ class NudgeEvent(_Frozen):
     entropy: float = Field(description="Policy next-token entropy (nats) at the insertion position.")
     draft_token_id: int
     draft_token: str
-    nudge_token_id: int = Field(description="Token at the insertion position of the kept candidate, or of the "
-                                "first nudged candidate when the draft was kept.")
+    nudge_token_id: int = Field(
+        description="Token at the insertion position of the kept candidate, or of the "
+        "first nudged candidate when the draft was kept."
+    )
     nudge_token: str
     draft_reward: float
     kept_reward: float
@@ -47,10 +49,12 @@ class SegmentEvent(_Frozen):
     start_position: int = Field(description="Response-token position of the segment's first token.")
     token_ids: list[int]
     text: str
-    insertion_position: int | None = Field(description="Where a nudge would be forced; None when the segment was "
-                                           "too short to hold it.")
-    entropy_at_end: float | None = Field(description="Entropy that ended the segment; None when EOS, a stop "
-                                         "sequence or the budget ended it.")
+    insertion_position: int | None = Field(
+        description="Where a nudge would be forced; None when the segment was too short to hold it."
+    )
+    entropy_at_end: float | None = Field(
+        description="Entropy that ended the segment; None when EOS, a stop sequence or the budget ended it."
+    )
     candidate_rewards: list[float | None] = Field(description="Reward of each candidate (None: not finite).")
     kept_refinement: int
     nudged: bool

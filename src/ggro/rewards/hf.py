@@ -87,8 +87,9 @@ class HFRewardModel(RewardModel):
     def pooled_reward(self, logits: torch.Tensor) -> torch.Tensor:
         """[batch] reward from the model's pooled logits, checking the shape."""
         if logits.dim() != 2 or logits.shape[-1] != 1:
-            raise RewardError(f"reward model {self.name!r}: expected logits of shape [batch, 1], got "
-                              f"{tuple(logits.shape)}")
+            raise RewardError(
+                f"reward model {self.name!r}: expected logits of shape [batch, 1], got {tuple(logits.shape)}"
+            )
         return logits[:, 0]
 
     def embed(self, ids: Sequence[int]) -> torch.Tensor:
@@ -164,8 +165,9 @@ class _HFSession(RewardSession):
             if use_cache:
                 crop_detached(self.cache, len(prefix_ids))  # drop the candidate's KV; the prefix stays
             if reward_t.shape != (1,):
-                raise RewardError(f"reward model {self.rm.name!r}: expected one reward, got shape "
-                                  f"{tuple(reward_t.shape)}")
+                raise RewardError(
+                    f"reward model {self.rm.name!r}: expected one reward, got shape {tuple(reward_t.shape)}"
+                )
             reward = float(reward_t[0].detach().float())
             gradient = None
             if leaf is not None and torch.isfinite(reward_t).all():
