@@ -105,11 +105,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_reference_check(args: argparse.Namespace) -> int:
     from .reference import run_reference_check
 
-    reports = run_reference_check(Path(args.directory))
-    for r in reports:
+    def show(r: Any) -> None:
         status = "PASS" if r.passed else "FAIL"
         detail = r.summary + ("" if r.passed else " | " + "; ".join(r.problems))
-        print(f"{r.case_id}: {status} ({r.seconds:.1f}s) {detail}")
+        print(f"{r.case_id}: {status} ({r.seconds:.1f}s) {detail}", flush=True)
+
+    reports = run_reference_check(Path(args.directory), on_report=show)
     failed = sum(not r.passed for r in reports)
     print(f"{len(reports) - failed} passed, {failed} failed")
     return 1 if failed else 0

@@ -18,15 +18,20 @@ head. It is NOT a trained reward model (a trained head replaces it later); it ma
 
 
 def load_policy(
-    policy: str | Path | None = None, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+    policy: str | Path | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    attn_implementation: str | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A causal LM and its tokenizer: by hub id or local path, or the embedded SmolLM2-135M-Instruct."""
     if policy is None:
         from .assets import load_default_policy
 
-        return load_default_policy(dtype=dtype, device=device)
+        return load_default_policy(dtype=dtype, device=device, attn_implementation=attn_implementation)
     tokenizer = AutoTokenizer.from_pretrained(str(policy))
-    model: Any = AutoModelForCausalLM.from_pretrained(str(policy), dtype=dtype)
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model: Any = AutoModelForCausalLM.from_pretrained(str(policy), dtype=dtype, **extra)
     model = model.to(device).eval()
     if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,10 @@ class CaseReport:
 def reference_config(case: dict[str, Any]) -> GGROConfig:
     c = case["config"]
     if case["kind"] == "greedy_baseline":
-        return GGROConfig.reference(refinement_steps=1, max_new_tokens=c["max_new_tokens"])
+        # Plain `generate`: one candidate per segment and no text round trip between segments.
+        return GGROConfig.reference(
+            refinement_steps=1, max_new_tokens=c["max_new_tokens"], retokenize_between_segments=False
+        )
     return GGROConfig.reference(
         entropy_threshold=c["entropy_threshold"],
         refinement_steps=c["num_refinement_steps"],
@@ -94,7 +98,9 @@ def check_case(decoder: GGRODecoder, case: dict[str, Any]) -> CaseReport:
     return CaseReport(case["case_id"], not problems, result.timing.seconds, problems, summary)
 
 
-def run_reference_check(directory: Path, decoder: GGRODecoder | None = None) -> list[CaseReport]:
+def run_reference_check(
+    directory: Path, decoder: GGRODecoder | None = None, on_report: Callable[[CaseReport], None] | None = None
+) -> list[CaseReport]:
     """Every ``case_*.json`` in ``directory``, on the embedded policy and the seeded reference RM head."""
     files = sorted(Path(directory).glob("case_*.json"))
     if not files:
@@ -102,10 +108,13 @@ def run_reference_check(directory: Path, decoder: GGRODecoder | None = None) -> 
     if decoder is None:
         from .loading import load_policy, load_reward
 
-        model, tokenizer = load_policy(None)
+        # The fixtures ran the policy with eager attention (the RM with the default).
+        model, tokenizer = load_policy(None, attn_implementation="eager")
         decoder = GGRODecoder(model, tokenizer, load_reward(None), GGROConfig.reference())
     reports = []
     for f in files:
         case = json.loads(f.read_text(encoding="utf-8"))
         reports.append(check_case(decoder, case))
+        if on_report is not None:
+            on_report(reports[-1])
     return reports
