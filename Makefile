@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(VENV)/bin/ggro generate \
+	$(VENV)/bin/ggro generate --max-new-tokens 96 \
 		"What are some tips for getting a good night's sleep?" \
 		"How do I pick a lock?" \
 		"Can you explain what photosynthesis is in simple terms?"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +22,7 @@ from transformers import (
     LlamaForSequenceClassification,
 )
 
+from conftest import fixtures_dir
 from ggro.baseline import (
     NaiveResult,
     entropy_of_logits,
@@ -36,8 +36,7 @@ PROMPT = [5, 17, 33, 9, 60, 41]
 # max 4.85); this threshold makes segments of varying length.
 THRESHOLD = 3.6
 
-REFERENCE_DIR = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "reference"
-MODEL_DIR = Path.home() / ".cache" / "ggro" / "smollm2-135m-instruct"
+REFERENCE_DIR = fixtures_dir()
 
 
 def _llama_config(**kwargs: Any) -> LlamaConfig:
@@ -445,22 +444,20 @@ def test_reference_fixture_case_02() -> None:
     head_path = REFERENCE_DIR / "rm_head.safetensors"
     if not case_path.is_file() or not head_path.is_file():
         pytest.skip(f"reference fixture not found under {REFERENCE_DIR}")
-    if not MODEL_DIR.is_dir() or not any(MODEL_DIR.glob("*.safetensors")):
-        pytest.skip(
-            f"converted SmolLM2-135M-Instruct checkpoint not found in {MODEL_DIR} "
-            "(created by ggro.assets on first use of the default policy)"
-        )
+    from ggro.assets import default_policy_path
+
+    model_dir = default_policy_path()  # fetched and converted once, like every real-model test
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     case = json.loads(case_path.read_text(encoding="utf-8"))
     config = case["config"]
-    tokenizer = AutoTokenizer.from_pretrained(str(MODEL_DIR))
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     policy = AutoModelForCausalLM.from_pretrained(
-        str(MODEL_DIR), dtype=torch.float32, attn_implementation="eager"
+        str(model_dir), dtype=torch.float32, attn_implementation="eager"
     ).eval()
     rm = AutoModelForSequenceClassification.from_pretrained(
-        str(MODEL_DIR), num_labels=1, pad_token_id=2, dtype=torch.float32
+        str(model_dir), num_labels=1, pad_token_id=2, dtype=torch.float32
     ).eval()
     head = load_file(str(head_path))["score.weight"]
     with torch.no_grad():

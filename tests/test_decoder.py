@@ -270,3 +270,14 @@ def test_vocabulary_mismatch_is_rejected() -> None:
     )
     with pytest.raises(ValueError, match="embedding has 50 rows but the policy's vocabulary has 96"):
         GGRODecoder(tiny_llama(), TinyTokenizer(), HFRewardModel(small), GGROConfig())
+
+
+def test_bf16_models_decode_within_budget() -> None:
+    policy = tiny_llama().to(torch.bfloat16)
+    rm = tiny_reward()
+    rm.model.to(torch.bfloat16)
+    dec = GGRODecoder(policy, TinyTokenizer(), rm, GGROConfig(entropy_threshold=0.5, max_new_tokens=24))
+    results = dec.generate_ids(PROMPTS[:2])
+    for r in results:
+        assert 0 < len(r.token_ids) <= 24
+        assert all(x is None or math.isfinite(x) for s in r.segments for x in s.candidate_rewards)

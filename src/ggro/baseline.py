@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
+from ._compat import cache_kwargs, output_cache
+
 __all__ = [
     "NaiveCandidate",
     "NaiveResult",
@@ -135,20 +137,6 @@ def _model_device(model: Any) -> torch.device:
     return next(model.parameters()).device
 
 
-def _cache_kwarg_name(model: Any) -> str:
-    """Name of the forward argument that takes the KV cache (``cache`` in recent
-    transformers, ``past_key_values`` before)."""
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def _output_cache(output: Any) -> Any:
-    cache = getattr(output, "cache", None)
-    if cache is None:
-        cache = getattr(output, "past_key_values", None)
-    return cache
-
-
 @dataclass
 class _Counters:
     policy_forward_passes: int = 0
@@ -178,7 +166,6 @@ def _generate_candidate(
 ) -> _Generation:
     """Greedy decoding of one candidate with a fresh cache (prefill of the whole context)."""
     device = _model_device(policy)
-    cache_name = _cache_kwarg_name(policy)
     params = inspect.signature(policy.forward).parameters
     extra: dict[str, Any] = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
     prompt_len = len(context)
@@ -195,9 +182,9 @@ def _generate_candidate(
             out = policy(input_ids=ids, use_cache=True, **extra)
         else:
             ids = torch.tensor([[gen[-1]]], dtype=torch.long, device=device)
-            out = policy(input_ids=ids, use_cache=True, **{cache_name: cache}, **extra)
+            out = policy(input_ids=ids, use_cache=True, **cache_kwargs(policy, cache), **extra)
         counters.policy_forward_passes += 1
-        cache = _output_cache(out)
+        cache = output_cache(out)
         logits = out.logits[0, -1].to(torch.float32, copy=True)
         at_insertion = len(gen) == offset
         if at_insertion:

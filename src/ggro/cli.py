@@ -75,7 +75,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         print(f"policy: {args.policy or 'SmolLM2-135M-Instruct (embedded)'} | reward: {decoder.reward.name}")
         print(f"nudged segments are marked {_NUDGE_OPEN}like this{_NUDGE_CLOSE}\n")
     results = decoder.generate(list(args.prompts)) if args.batch else [decoder.generate(p)[0] for p in args.prompts]
-    for prompt, result in zip(args.prompts, results, strict=False):
+    for prompt, result in zip(args.prompts, results, strict=True):
         if args.json:
             print(
                 json.dumps(

@@ -22,7 +22,7 @@ from .config import GGROConfig
 from .events import GGROEvent, GGROResult, Listener, NudgeEvent, SegmentEvent, Timing, Usage
 from .nudging import NudgeProposal, propose_nudge
 from .rewards.base import RewardError, RewardModel, RewardSession
-from .segments import token_entropy
+from .segments import common_prefix_length, token_entropy
 
 __all__ = ["GGRODecoder", "PromptInput"]
 
@@ -69,14 +69,6 @@ class _SegmentPlan:
 
 
 _Coroutine = Generator[FeedRequest | _Rollback, torch.Tensor | None, GGROResult]
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 class GGRODecoder:
@@ -185,13 +177,7 @@ class GGRODecoder:
         **overrides: Any,
     ) -> list[GGROResult]:
         """Decode one prompt or a batch (decoded together). Returns one result per prompt."""
-        stream = self.stream(prompts, config=config, listener=listener, chat_template=chat_template, **overrides)
-        while True:
-            try:
-                next(stream)
-            except StopIteration as stop:
-                results: list[GGROResult] = stop.value
-                return results
+        return _drain(self.stream(prompts, config=config, listener=listener, chat_template=chat_template, **overrides))
 
     def stream(
         self,
@@ -211,13 +197,7 @@ class GGRODecoder:
     def generate_ids(
         self, prompt_ids: Sequence[Sequence[int]], *, config: GGROConfig | None = None, listener: Listener | None = None
     ) -> list[GGROResult]:
-        stream = self.stream_ids(prompt_ids, config=config, listener=listener)
-        while True:
-            try:
-                next(stream)
-            except StopIteration as stop:
-                results: list[GGROResult] = stop.value
-                return results
+        return _drain(self.stream_ids(prompt_ids, config=config, listener=listener))
 
     def stream_ids(
         self, prompt_ids: Sequence[Sequence[int]], *, config: GGROConfig | None = None, listener: Listener | None = None
@@ -353,11 +333,11 @@ class GGRODecoder:
             if finished:
                 finish = "stop_sequence" if kept.end == "stop_sequence" else "stop"
             done = finished or len(body) - response_start >= cfg.max_new_tokens or len(body) >= budget_end
+            unchanged = new_ids == ids + kept.tokens
             if not done:
                 # Make the policy cache hold exactly the new context, feeding only what differs.
                 fed = plan.start + len(plan.cached)
-                common = min(_common_prefix(ids + plan.cached, new_ids), fed)
-                unchanged = new_ids == ids + kept.tokens
+                common = min(common_prefix_length(ids + plan.cached, new_ids), fed)
                 if common < len(new_ids) or kept.tail_logits is None or not unchanged:
                     common = min(common, len(new_ids) - 1)  # re-feed at least one token to get its logits
                     yield _Rollback(common)
@@ -366,7 +346,6 @@ class GGRODecoder:
                     next_logits = out[-1]
                 if unchanged and kept.tail_logits is not None:
                     next_logits = kept.tail_logits  # the logits the candidate itself ended on
-            same_as_candidate = new_ids == ids + kept.tokens
             ids = new_ids
 
             # Events.
@@ -374,8 +353,12 @@ class GGRODecoder:
             if first_segment_time is None:
                 first_segment_time = time.perf_counter() - started
             text_now = self._response_text(ids[response_start:], cfg)
-            delta = text_now[len(response_text) :] if text_now.startswith(response_text) else text_now
-            response_text = text_now
+            if not done:
+                # A character split across segments decodes as U+FFFD until its last byte arrives: hold it back.
+                text_now = text_now.rstrip("\ufffd")
+            common_text = common_prefix_length(response_text, text_now)
+            delta = text_now[common_text:]
+            response_text = response_text[:common_text] + delta
             nudge_event = self._nudge_event(index, seg_index, plan, kept_index, response_start, cfg)
             if nudge_event is not None:
                 nudges.append(nudge_event)
@@ -403,7 +386,7 @@ class GGRODecoder:
             segments.append(segment_event)
             emit(segment_event)
             if done:
-                final_reward = self._final_reward(session, ids, kept, same_as_candidate, cfg)
+                final_reward = self._final_reward(session, ids, kept, unchanged, cfg)
                 break
 
         response_ids = ids[response_start:]
@@ -652,6 +635,16 @@ class GGRODecoder:
             return kept.reward if _finite(kept.reward) else None
         value = session.score_sequence(scored)
         return value if _finite(value) else None
+
+
+def _drain(stream: Generator[GGROEvent, None, list[GGROResult]]) -> list[GGROResult]:
+    """Run a decoding stream to its end (events still reach the listener) and return its results."""
+    while True:
+        try:
+            next(stream)
+        except StopIteration as stop:
+            results: list[GGROResult] = stop.value
+            return results
 
 
 def _finite(x: float) -> bool:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 
-__all__ = ["token_entropy"]
+__all__ = ["common_prefix_length", "token_entropy"]
 
 
 def token_entropy(logits: torch.Tensor, probability_floor: float = 1e-9) -> float:
@@ -14,3 +17,12 @@ def token_entropy(logits: torch.Tensor, probability_floor: float = 1e-9) -> floa
     if probability_floor > 0:
         probs = probs.clamp_min(probability_floor)
     return float(-(probs * probs.log()).sum())
+
+
+def common_prefix_length(a: Sequence[Any], b: Sequence[Any]) -> int:
+    """Length of the longest common prefix (token ids or text): how much of a cache stays valid."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i

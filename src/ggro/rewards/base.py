@@ -57,6 +57,14 @@ class RewardModel(ABC):
         """Fresh per-sequence state."""
 
     @abstractmethod
+    def score(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+        """Rewards of whole token sequences, scored as one batch without gradients."""
+
+    @abstractmethod
+    def embedding_gradients(self, ids: Sequence[int], positions: Sequence[int]) -> tuple[float, torch.Tensor]:
+        """Reward of ``ids`` and dr/de at each of ``positions``: float32 [len(positions), hidden]."""
+
+    @abstractmethod
     def candidate_scores(self, gradient: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
         """First-order reward sensitivity E[v] . gradient for each v in ``token_ids`` (float32)."""
 

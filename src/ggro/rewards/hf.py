@@ -15,17 +15,10 @@ import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
 from .._compat import cache_kwargs, crop_detached, crop_to, new_cache, output_cache
+from ..segments import common_prefix_length
 from .base import RewardError, RewardModel, RewardSession, SegmentScore
 
 __all__ = ["HFRewardModel"]
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 class HFRewardModel(RewardModel):
@@ -84,6 +77,41 @@ class HFRewardModel(RewardModel):
         rows = self._embedding.weight[token_ids.to(self.device)].float()
         return rows @ gradient.to(rows.device).float()
 
+    def score(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+        """Batched rewards, each pooled at its own last token (left padding + attention mask)."""
+        rows = [list(s) for s in sequences]
+        if not rows or any(not r for r in rows):
+            raise ValueError("score: every sequence needs at least one token")
+        width = max(len(r) for r in rows)
+        pad = 0
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad():
+            try:
+                out = self.model(inputs_embeds=self._embedding(ids), attention_mask=mask, position_ids=positions)
+            except Exception as exc:
+                raise RewardError(f"reward model {self.name!r} failed: {exc}") from exc
+        return [float(x) for x in self.pooled_reward(out.logits).float().cpu()]
+
+    def score_texts(self, texts: Sequence[str], tokenizer: Any) -> list[float]:
+        """Rewards of texts, tokenised without added special tokens (the policy's tokenizer)."""
+        return self.score([tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts])
+
+    def embedding_gradients(self, ids: Sequence[int], positions: Sequence[int]) -> tuple[float, torch.Tensor]:
+        with torch.no_grad():
+            embeds = self.embed(ids)
+        embeds.requires_grad_(True)
+        mask = torch.ones(1, embeds.shape[1], dtype=torch.long, device=self.device)
+        with torch.enable_grad():
+            try:
+                out = self.model(inputs_embeds=embeds, attention_mask=mask)
+            except Exception as exc:
+                raise RewardError(f"reward model {self.name!r} failed: {exc}") from exc
+            reward = self.pooled_reward(out.logits)[0]
+            (grad,) = torch.autograd.grad(reward, embeds)
+        return float(reward.detach().float()), grad[0, list(positions)].float()
+
     def pooled_reward(self, logits: torch.Tensor) -> torch.Tensor:
         """[batch] reward from the model's pooled logits, checking the shape."""
         if logits.dim() != 2 or logits.shape[-1] != 1:
@@ -123,7 +151,7 @@ class _HFSession(RewardSession):
 
     def _sync_prefix(self, prefix_ids: Sequence[int]) -> None:
         """Make the cache hold exactly ``prefix_ids`` (roll back to the common part, extend the rest)."""
-        keep = _common_prefix(self.cached_ids, prefix_ids)
+        keep = common_prefix_length(self.cached_ids, prefix_ids)
         if self.cache is None:
             self.cache = new_cache(self.rm.model)
             keep = 0
