@@ -21,9 +21,9 @@ VOCAB = 96
 EOS = 2
 
 
-def tiny_llama(seed: int = 0, std: float = 0.3) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
+def tiny_llama_config(std: float = 0.3, **extra: object) -> LlamaConfig:
+    """The shape every tiny Llama (policy or reward) here shares."""
+    return LlamaConfig(
         vocab_size=VOCAB,
         hidden_size=32,
         num_hidden_layers=2,
@@ -32,11 +32,14 @@ def tiny_llama(seed: int = 0, std: float = 0.3) -> LlamaForCausalLM:
         intermediate_size=64,
         max_position_embeddings=512,
         initializer_range=std,
-        eos_token_id=EOS,
         pad_token_id=0,
-        bos_token_id=1,
-        tie_word_embeddings=False,
+        **extra,
     )
+
+
+def tiny_llama(seed: int = 0, std: float = 0.3) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = tiny_llama_config(std, eos_token_id=EOS, bos_token_id=1, tie_word_embeddings=False)
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -58,19 +61,7 @@ def tiny_gpt2(seed: int = 0, std: float = 0.3) -> GPT2LMHeadModel:
 
 def tiny_reward(seed: int = 1, std: float = 0.3) -> HFRewardModel:
     torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,
-        initializer_range=std,
-        num_labels=1,
-        pad_token_id=0,
-    )
-    return HFRewardModel(LlamaForSequenceClassification(cfg).eval(), name="tiny-rm")
+    return HFRewardModel(LlamaForSequenceClassification(tiny_llama_config(std, num_labels=1)).eval(), name="tiny-rm")
 
 
 class TinyTokenizer:
