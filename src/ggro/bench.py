@@ -13,6 +13,8 @@ import contextlib
 import json
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -75,6 +77,37 @@ def _rss_now() -> float:
         if line.startswith("VmRSS:"):
             return float(line.split()[1]) * 1024
     return float("nan")
+
+
+def _cpu_peaks_in_subprocesses(args: argparse.Namespace, names: list[str]) -> tuple[float, dict[str, float]]:
+    """Run each method once in its own process; returns (mean base RSS, peak RSS per method)."""
+    flags = [
+        "--prompts",
+        str(args.prompts),
+        "--max-new-tokens",
+        str(args.max_new_tokens),
+        "--refinement-steps",
+        str(args.refinement_steps),
+        "--entropy-threshold",
+        str(args.entropy_threshold),
+        "--device",
+        args.device,
+        "--dtype",
+        args.dtype,
+    ] + (["--synthetic-1b"] if args.synthetic_1b else [])
+    peaks: dict[str, float] = {}
+    bases = []
+    for name in names:
+        cmd = [sys.executable, "-m", "ggro.cli", "bench", "--memory-probe", name, *flags]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        probe = json.loads(done.stdout.strip().splitlines()[-1])
+        peaks[name] = probe["peak"]
+        bases.append(probe["base"])
+        print(
+            f"memory probe {name}: peak {probe['peak'] / 2**20:.0f} MiB (base {probe['base'] / 2**20:.0f} MiB)",
+            flush=True,
+        )
+    return statistics.mean(bases), peaks
 
 
 def _synthetic_models(device: str, dtype: torch.dtype) -> tuple[Any, Any, HFRewardModel]:
@@ -190,10 +223,22 @@ def run_bench(args: argparse.Namespace) -> int:
         _Method("ggro (ours, one batch)", ours_batched),
         _Method("release structure", release_structure),
     ]
+    if args.memory_probe:
+        # Child process of a CPU run: one method, peak RSS over the RSS held after loading the models.
+        (method,) = [m for m in methods if m.name == args.memory_probe]
+        with torch.no_grad():  # page in every weight (safetensors are mmap'ed) so the base holds them all
+            for p in [*policy.parameters(), *reward.model.parameters()]:
+                p.sum()
+        base = _rss_now()
+        _peak_memory_reset(device)
+        method.run()
+        print(json.dumps({"base": base, "peak": _peak_memory(device)}))
+        return 0
+
     times: dict[str, list[float]] = {m.name: [] for m in methods}
     peaks: dict[str, float] = {}
     outputs: dict[str, list[list[int]]] = {}
-    base_memory = _rss_now() if device.type == "cpu" else float(torch.cuda.memory_allocated(device))
+    base_memory = float(torch.cuda.memory_allocated(device)) if device.type == "cuda" else 0.0
     for run in range(args.runs):
         for m in methods:
             _peak_memory_reset(device)
@@ -202,8 +247,12 @@ def run_bench(args: argparse.Namespace) -> int:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             times[m.name].append(time.perf_counter() - start)
-            peaks[m.name] = max(peaks.get(m.name, 0.0), _peak_memory(device))
+            if device.type == "cuda":
+                peaks[m.name] = max(peaks.get(m.name, 0.0), _peak_memory(device))
         print(f"run {run + 1}/{args.runs}: " + ", ".join(f"{k} {v[-1]:.1f}s" for k, v in times.items()), flush=True)
+    if device.type != "cuda":
+        # The CPU allocator keeps freed memory, so peaks are only comparable from fresh processes.
+        base_memory, peaks = _cpu_peaks_in_subprocesses(args, [m.name for m in methods])
 
     identical = outputs["ggro (ours)"] == outputs["release structure"]
     batch_identical = outputs["ggro (ours)"] == outputs["ggro (ours, one batch)"]
@@ -277,7 +326,8 @@ def _markdown(report: dict[str, Any]) -> str:
         )
     lines.append("")
     lines.append(
-        "Peak memory: CUDA allocator peak on GPU; process peak RSS on CPU (model weights included), and "
-        "'extra' = peak minus the memory held before the runs (weights), as a ratio to greedy's extra."
+        "Peak memory: CUDA allocator peak on GPU; on CPU the peak RSS of a fresh process running the method once "
+        "(model weights included). 'extra' = peak minus the memory held once the models are loaded, as a ratio "
+        "to greedy's extra."
     )
     return "\n".join(lines) + "\n"

@@ -153,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    bench.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     bench.set_defaults(func=_cmd_bench)
     return parser
 
