@@ -208,12 +208,19 @@ class _Wrapped(RewardModel):
     def candidate_scores(self, gradient: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
         return self.inner.candidate_scores(gradient, token_ids)
 
+    def score(self, sequences):
+        return self.inner.score(sequences)
+
+    def embedding_gradients(self, ids, positions):
+        return self.inner.embedding_gradients(ids, positions)
+
 
 @pytest.mark.parametrize("mode", ["nan", "inf", "nangrad"])
 def test_nonfinite_reward_never_wins_and_is_reported(mode: str) -> None:
     cfg = GGROConfig(entropy_threshold=0.5, max_new_tokens=30, refinement_steps=4, first_insertion_offset=0)
-    # Every candidate after the first draft is broken: the drafts must stand, flagged in the events.
-    dec = GGRODecoder(tiny_llama(), TinyTokenizer(), _Wrapped(mode, after=1), cfg)
+    # Every reward after the first draft (every gradient, for 'nangrad') is broken: the drafts must stand,
+    # flagged in the events.
+    dec = GGRODecoder(tiny_llama(), TinyTokenizer(), _Wrapped(mode, after=0 if mode == "nangrad" else 1), cfg)
     (r,) = dec.generate_ids([PROMPTS[0]])
     plain = GGRODecoder(tiny_llama(), TinyTokenizer(), tiny_reward(), cfg.model_copy(update={"refinement_steps": 1}))
     (greedy,) = plain.generate_ids([PROMPTS[0]])
