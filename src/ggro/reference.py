@@ -67,9 +67,17 @@ def check_case(decoder: GGRODecoder, case: dict[str, Any]) -> CaseReport:
             f"{len(out['response_token_ids'])})"
         )
     expected_reward = out["final_reward"]
-    if result.final_reward is None or not math.isclose(result.final_reward, expected_reward, abs_tol=REWARD_TOLERANCE):
-        problems.append(f"final reward {result.final_reward} vs {expected_reward}")
-    summary = f"{len(ours)} tokens, final reward {result.final_reward:.4f}" if result.final_reward is not None else ""
+    final_reward = result.final_reward
+    if case["kind"] == "greedy_baseline":
+        # The release scores plain `generate` output through its text: decode, re-tokenise, pool before EOS.
+        tok = decoder.tokenizer
+        scored = tok(tok.decode(prompt_ids + ours, skip_special_tokens=False), add_special_tokens=False)["input_ids"]
+        while len(scored) > 1 and scored[-1] in decoder.eos_token_ids:
+            scored = scored[:-1]
+        final_reward = decoder.reward.score([scored])[0]
+    if final_reward is None or not math.isclose(final_reward, expected_reward, abs_tol=REWARD_TOLERANCE):
+        problems.append(f"final reward {final_reward} vs {expected_reward}")
+    summary = f"{len(ours)} tokens, final reward {final_reward:.4f}" if final_reward is not None else ""
     if case["kind"] == "ggro":
         p0 = len(prompt_ids)
         boundaries = [s.start_position + p0 for s in result.segments[1:]] + [p0 + len(result.token_ids)]
