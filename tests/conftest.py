@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import torch
@@ -17,8 +18,25 @@ from transformers import (
 
 from ggro import HFRewardModel
 
+M = TypeVar("M", bound=torch.nn.Module)
+
 VOCAB = 96
 EOS = 2
+
+# The suite runs on the CPU (CI). `GGRO_TEST_DEVICE=cuda` (and optionally `GGRO_TEST_DTYPE=bfloat16`)
+# reruns the same tests on a GPU: every tiny model below is placed there (scripts/gpu_check.sh).
+TEST_DEVICE = torch.device(os.environ.get("GGRO_TEST_DEVICE", "cpu"))
+TEST_DTYPE = getattr(torch, os.environ.get("GGRO_TEST_DTYPE", "float32"))
+
+
+def fp32_only(why: str) -> pytest.MarkDecorator:
+    """Skip in a bf16 run (GGRO_TEST_DTYPE=bfloat16) a test whose claim only holds at float32 precision."""
+    return pytest.mark.skipif(TEST_DTYPE is not torch.float32, reason=f"checked in float32 only: {why}")
+
+
+def place(model: M) -> M:
+    """Move a freshly built test model to the device and dtype the run asks for."""
+    return model.to(device=TEST_DEVICE, dtype=TEST_DTYPE)
 
 
 def tiny_llama_config(std: float = 0.3, **extra: object) -> LlamaConfig:
@@ -40,7 +58,7 @@ def tiny_llama_config(std: float = 0.3, **extra: object) -> LlamaConfig:
 def tiny_llama(seed: int = 0, std: float = 0.3) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     cfg = tiny_llama_config(std, eos_token_id=EOS, bos_token_id=1, tie_word_embeddings=False)
-    return LlamaForCausalLM(cfg).eval()
+    return place(LlamaForCausalLM(cfg).eval())
 
 
 def tiny_gpt2(seed: int = 0, std: float = 0.3) -> GPT2LMHeadModel:
@@ -56,12 +74,13 @@ def tiny_gpt2(seed: int = 0, std: float = 0.3) -> GPT2LMHeadModel:
         bos_token_id=1,
         pad_token_id=0,
     )
-    return GPT2LMHeadModel(cfg).eval()
+    return place(GPT2LMHeadModel(cfg).eval())
 
 
 def tiny_reward(seed: int = 1, std: float = 0.3) -> HFRewardModel:
     torch.manual_seed(seed)
-    return HFRewardModel(LlamaForSequenceClassification(tiny_llama_config(std, num_labels=1)).eval(), name="tiny-rm")
+    model = LlamaForSequenceClassification(tiny_llama_config(std, num_labels=1)).eval()
+    return HFRewardModel(place(model), name="tiny-rm")
 
 
 class TinyTokenizer:

@@ -22,7 +22,7 @@ from transformers import (
     LlamaForSequenceClassification,
 )
 
-from conftest import fixtures_dir
+from conftest import TEST_DEVICE, fixtures_dir, place
 from ggro.baseline import (
     NaiveResult,
     entropy_of_logits,
@@ -57,7 +57,7 @@ def _llama_config(**kwargs: Any) -> LlamaConfig:
 
 def _llama_policy(seed: int = 0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    return LlamaForCausalLM(_llama_config(pad_token_id=0)).eval()
+    return place(LlamaForCausalLM(_llama_config(pad_token_id=0)).eval())
 
 
 def _gpt2_policy(seed: int = 0) -> GPT2LMHeadModel:
@@ -73,12 +73,12 @@ def _gpt2_policy(seed: int = 0) -> GPT2LMHeadModel:
         eos_token_id=EOS,
         pad_token_id=0,
     )
-    return GPT2LMHeadModel(config).eval()
+    return place(GPT2LMHeadModel(config).eval())
 
 
 def _reward_model(seed: int = 1) -> LlamaForSequenceClassification:
     torch.manual_seed(seed)
-    return LlamaForSequenceClassification(_llama_config(num_labels=1, pad_token_id=0)).eval()
+    return place(LlamaForSequenceClassification(_llama_config(num_labels=1, pad_token_id=0)).eval())
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def _greedy(policy: Any, prompt: list[int], max_new_tokens: int, eos: int) -> li
     ids = list(prompt)
     with torch.no_grad():
         for _ in range(max_new_tokens):
-            logits = policy(input_ids=torch.tensor([ids])).logits[0, -1]
+            logits = policy(input_ids=torch.tensor([ids], device=TEST_DEVICE)).logits[0, -1]
             token = int(torch.argmax(logits))
             ids.append(token)
             if token == eos:
@@ -214,8 +214,8 @@ def test_one_refinement_step_is_greedy_decoding(
     result = _run(policy, reward_model, refinement_steps=1, max_new_tokens=40)
     assert len(result.segments) > 1
     generated = policy.generate(
-        torch.tensor([PROMPT]),
-        attention_mask=torch.ones(1, len(PROMPT), dtype=torch.long),
+        torch.tensor([PROMPT], device=TEST_DEVICE),
+        attention_mask=torch.ones(1, len(PROMPT), dtype=torch.long, device=TEST_DEVICE),
         do_sample=False,
         max_new_tokens=40,
         eos_token_id=EOS,
@@ -234,7 +234,7 @@ def test_greedy_draft_ends_at_high_entropy_point(llama_policy: Any, reward_model
         for seg in result.segments[:-1]:
             tokens = seg.candidates[0].token_ids
             for i in range(len(tokens) + 1):
-                logits = llama_policy(input_ids=torch.tensor([ids + tokens[:i]])).logits[0, -1]
+                logits = llama_policy(input_ids=torch.tensor([ids + tokens[:i]], device=TEST_DEVICE)).logits[0, -1]
                 high = entropy_of_logits(logits) >= THRESHOLD
                 if i < len(tokens):
                     assert int(torch.argmax(logits)) == tokens[i]
@@ -250,7 +250,7 @@ def test_reward_is_score_head_at_last_position(llama_policy: Any, reward_model: 
     with torch.no_grad():
         for seg in result.segments:
             for cand in seg.candidates:
-                ids = torch.tensor([context + cand.token_ids])
+                ids = torch.tensor([context + cand.token_ids], device=TEST_DEVICE)
                 hidden = reward_model.model(input_ids=ids).last_hidden_state
                 expected = float(reward_model.score(hidden)[0, -1, 0])
                 assert cand.reward == pytest.approx(expected, abs=1e-5)
@@ -270,9 +270,10 @@ def test_nudge_is_reward_gradient_argmax_over_policy_top_k(llama_policy: Any, re
                 continue
             ids = context + prev.token_ids
             with torch.no_grad():
-                logits = llama_policy(input_ids=torch.tensor([ids[:pos]])).logits[0, -1]
+                logits = llama_policy(input_ids=torch.tensor([ids[:pos]], device=TEST_DEVICE)).logits[0, -1]
             top = torch.topk(logits, 25).indices
-            onehot = torch.nn.functional.one_hot(torch.tensor(ids), VOCAB).float().requires_grad_(True)
+            onehot = torch.nn.functional.one_hot(torch.tensor(ids, device=TEST_DEVICE), VOCAB).to(emb.dtype)
+            onehot.requires_grad_(True)
             out = reward_model(inputs_embeds=(onehot @ emb).unsqueeze(0))
             (grad,) = torch.autograd.grad(out.logits[0, 0], [onehot])
             scores = grad[pos, top].clone()
@@ -320,7 +321,7 @@ def test_nan_reward_never_wins(llama_policy: Any, reward_model: Any) -> None:
         # Would a poisoned candidate have won on its true reward?
         with torch.no_grad():
             true = [
-                float(reward_model(input_ids=torch.tensor([context + c.token_ids])).logits[0, 0])
+                float(reward_model(input_ids=torch.tensor([context + c.token_ids], device=TEST_DEVICE)).logits[0, 0])
                 for c in seg.candidates
             ]
         best_true = max(range(len(true)), key=lambda i: (true[i], -i))

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from conftest import EOS, TinyTokenizer, tiny_gpt2, tiny_llama, tiny_reward
+from conftest import EOS, TinyTokenizer, fp32_only, tiny_gpt2, tiny_llama, tiny_reward
 from ggro import GGROConfig, GGRODecoder, RewardError
 from ggro.baseline import naive_ggro_generate
 from ggro.rewards.base import RewardModel, RewardSession, SegmentScore
@@ -32,6 +32,7 @@ def _ids(result) -> list[int]:
     return result.token_ids + ([EOS] if result.finish_reason == "stop" else [])
 
 
+@fp32_only("token identity across pass shapes; bf16 rounding may flip a near-tie")
 @pytest.mark.parametrize("factory", [tiny_llama, tiny_gpt2])
 @pytest.mark.parametrize("threshold", [0.5, 2.5])
 def test_matches_release_structure_oracle(factory, threshold: float) -> None:
@@ -62,6 +63,7 @@ def test_matches_release_structure_oracle(factory, threshold: float) -> None:
     assert total_nudges > 0
 
 
+@fp32_only("token identity across pass shapes; bf16 rounding may flip a near-tie")
 @pytest.mark.parametrize("factory", [tiny_llama, tiny_gpt2])
 def test_batch_equals_one_at_a_time(factory) -> None:
     dec = _decoder(factory)
@@ -75,6 +77,7 @@ def test_batch_equals_one_at_a_time(factory) -> None:
     assert max(r.usage.policy_forward_passes for r in batched) < sum(r.usage.policy_forward_passes for r in singles)
 
 
+@fp32_only("token identity across pass shapes; bf16 rounding may flip a near-tie")
 def test_speculation_changes_cost_not_output() -> None:
     on = _decoder(speculative_refinement=True)
     off = _decoder(speculative_refinement=False)
@@ -90,11 +93,12 @@ def test_speculation_changes_cost_not_output() -> None:
     assert on_passes < off_passes
 
 
+@fp32_only("token identity across pass shapes; bf16 rounding may flip a near-tie")
 def test_single_refinement_is_plain_greedy() -> None:
     dec = _decoder(refinement_steps=1)
     for prompt in PROMPTS:
         (r,) = dec.generate_ids([prompt])
-        x = torch.tensor([prompt])
+        x = torch.tensor([prompt], device=dec.policy.device)
         y = dec.policy.generate(
             x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=40, eos_token_id=EOS, pad_token_id=0
         )

@@ -94,7 +94,7 @@ def _cpu_peaks_in_subprocesses(args: argparse.Namespace, names: list[str]) -> tu
         args.device,
         "--dtype",
         args.dtype,
-    ] + (["--synthetic-1b"] if args.synthetic_1b else [])
+    ] + (["--synthetic-1b"] if args.synthetic_1b else []) + (["--tokenizer", args.tokenizer] if args.tokenizer else [])
     peaks: dict[str, float] = {}
     bases = []
     for name in names:
@@ -110,13 +110,17 @@ def _cpu_peaks_in_subprocesses(args: argparse.Namespace, names: list[str]) -> tu
     return statistics.mean(bases), peaks
 
 
-def _synthetic_models(device: str, dtype: torch.dtype) -> tuple[Any, Any, HFRewardModel]:
+def _synthetic_models(
+    device: str, dtype: torch.dtype, tokenizer_path: str | None
+) -> tuple[Any, Any, HFRewardModel]:
     """A ~1B Llama-shaped policy and RM, randomly initialised (cost shape only; outputs are noise)."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
-    from .assets import default_policy_path
+    if tokenizer_path is None:
+        from .assets import default_policy_path
 
-    tokenizer = AutoTokenizer.from_pretrained(str(default_policy_path()))
+        tokenizer_path = str(default_policy_path())
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     shape: dict[str, Any] = dict(
         vocab_size=len(tokenizer),
         hidden_size=2048,
@@ -138,7 +142,7 @@ def run_bench(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     if args.synthetic_1b:
-        policy, tokenizer, reward = _synthetic_models(args.device, dtype)
+        policy, tokenizer, reward = _synthetic_models(args.device, dtype, args.tokenizer)
         model_name = "random Llama ~1B (16 layers, hidden 2048)"
     else:
         from .loading import load_policy, load_reward

@@ -151,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="Use randomly initialised ~1B Llama-shaped policy and RM (for GPU runs).",
     )
+    bench.add_argument(
+        "--tokenizer",
+        default=None,
+        help="Tokenizer id or path for --synthetic-1b (default: the embedded policy's; a machine without the "
+        "cache or a package index can pass a folder holding tokenizer.json).",
+    )
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     bench.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)

@@ -7,6 +7,7 @@ candidate costs a forward + backward over the segment only.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,15 @@ from ..segments import common_prefix_length
 from .base import RewardError, RewardModel, RewardSession, SegmentScore
 
 __all__ = ["HFRewardModel"]
+
+
+def _drop_inputs_embeds_pooling_warning(record: logging.LogRecord) -> bool:
+    # We always feed inputs_embeds (for the gradient) unpadded or left-padded and want the last position,
+    # which is exactly what transformers warns it will pool; the warning would only alarm users.
+    return "will not detect padding tokens in `inputs_embeds`" not in record.getMessage()
+
+
+logging.getLogger("transformers.modeling_layers").addFilter(_drop_inputs_embeds_pooling_warning)
 
 
 class HFRewardModel(RewardModel):
