@@ -2,5 +2,6 @@
 
 from .base import RewardError, RewardModel, RewardSession, SegmentScore
 from .hf import HFRewardModel
+from .pooled import MeanPooledHeadReward
 
-__all__ = ["HFRewardModel", "RewardError", "RewardModel", "RewardSession", "SegmentScore"]
+__all__ = ["HFRewardModel", "MeanPooledHeadReward", "RewardError", "RewardModel", "RewardSession", "SegmentScore"]

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
-from .._compat import cache_kwargs, crop_detached, crop_to, new_cache, output_cache
-from ..segments import common_prefix_length
-from .base import RewardError, RewardModel, RewardSession, SegmentScore
+from .._compat import cache_kwargs
+from ._session import CausalPrefixSession
+from .base import RewardError, RewardModel, RewardSession
 
 __all__ = ["HFRewardModel"]
 
@@ -134,93 +134,22 @@ class HFRewardModel(RewardModel):
         return self._embedding(torch.tensor([list(ids)], device=self.device))
 
 
-class _HFSession(RewardSession):
-    def __init__(self, rm: HFRewardModel):
-        self.rm = rm
-        self.cache: Any = None
-        self.cached_ids: list[int] = []
-        self.calls = 0
-        self.tokens_processed = 0
+class _HFSession(CausalPrefixSession):
+    """The model pools its own logits at the last fed position: that is the reward."""
 
-    def _forward(self, embeds: torch.Tensor, cache: Any, past: int) -> tuple[torch.Tensor, Any]:
-        model = self.rm.model
+    def __init__(self, rm: HFRewardModel):
+        super().__init__(name=rm.name, model=rm.model, embed=rm.embed, use_prefix_cache=rm.use_prefix_cache)
+        self.rm = rm
+
+    def _call(self, embeds: torch.Tensor, cache: Any, past: int) -> Any:
         length = embeds.shape[1]
         mask = torch.ones(1, past + length, dtype=torch.long, device=embeds.device)
         kwargs: dict[str, Any] = {"inputs_embeds": embeds, "attention_mask": mask}
         if cache is not None:
-            kwargs.update(cache_kwargs(model, cache))
+            kwargs.update(cache_kwargs(self.model, cache))
             kwargs["use_cache"] = True
             kwargs["position_ids"] = torch.arange(past, past + length, device=embeds.device)[None]
-        self.calls += 1
-        self.tokens_processed += length
-        try:
-            out = model(**kwargs)
-        except Exception as exc:  # the RM is user code: report it with its name, keep the original
-            raise RewardError(f"reward model {self.rm.name!r} failed: {exc}") from exc
-        return self.rm.pooled_reward(out.logits), output_cache(out)
+        return self.model(**kwargs)
 
-    def _sync_prefix(self, prefix_ids: Sequence[int]) -> None:
-        """Make the cache hold exactly ``prefix_ids`` (roll back to the common part, extend the rest)."""
-        keep = common_prefix_length(self.cached_ids, prefix_ids)
-        if self.cache is None:
-            self.cache = new_cache(self.rm.model)
-            keep = 0
-        elif keep < len(self.cached_ids):
-            crop_to(self.cache, keep)
-        missing = list(prefix_ids[keep:])
-        self.cached_ids = list(prefix_ids[:keep])
-        if missing:
-            with torch.no_grad():
-                _, self.cache = self._forward(self.rm.embed(missing), self.cache, keep)
-            self.cached_ids = list(prefix_ids)
-
-    def score_segment(
-        self, prefix_ids: Sequence[int], segment_ids: Sequence[int], grad_position: int | None
-    ) -> SegmentScore:
-        if not segment_ids:
-            raise ValueError("score_segment: empty segment")
-        use_cache = self.rm.use_prefix_cache and len(prefix_ids) > 0
-        if use_cache:
-            self._sync_prefix(prefix_ids)
-            feed = list(segment_ids)
-            offset = 0
-        else:
-            feed = list(prefix_ids) + list(segment_ids)
-            offset = len(prefix_ids)
-        with torch.no_grad():
-            embeds = self.rm.embed(feed)
-        leaf: torch.Tensor | None = None
-        if grad_position is not None:
-            # Only the insertion position needs dr/de; make just that row a leaf.
-            leaf = embeds[0, offset + grad_position].detach().clone().requires_grad_(True)
-            embeds = torch.cat(
-                [embeds[:, : offset + grad_position], leaf[None, None], embeds[:, offset + grad_position + 1 :]],
-                dim=1,
-            )
-        past = len(prefix_ids) if use_cache else 0
-        with torch.enable_grad() if leaf is not None else torch.no_grad():
-            reward_t, _ = self._forward(embeds, self.cache if use_cache else None, past)
-            if use_cache:
-                crop_detached(self.cache, len(prefix_ids))  # drop the candidate's KV; the prefix stays
-            if reward_t.shape != (1,):
-                raise RewardError(
-                    f"reward model {self.rm.name!r}: expected one reward, got shape {tuple(reward_t.shape)}"
-                )
-            reward = float(reward_t[0].detach().float())
-            gradient = None
-            if leaf is not None and torch.isfinite(reward_t).all():
-                (gradient,) = torch.autograd.grad(reward_t[0], leaf)
-                gradient = gradient.detach().float()
-        return SegmentScore(reward=reward, gradient=gradient)
-
-    def score_sequence(self, ids: Sequence[int]) -> float:
-        ids = list(ids)
-        if self.rm.use_prefix_cache and len(ids) > 1:
-            self._sync_prefix(ids[:-1])
-            with torch.no_grad():
-                reward_t, _ = self._forward(self.rm.embed(ids[-1:]), self.cache, len(ids) - 1)
-            crop_to(self.cache, len(ids) - 1)
-        else:
-            with torch.no_grad():
-                reward_t, _ = self._forward(self.rm.embed(ids), None, 0)
-        return float(reward_t[0].float())
+    def _reward(self, output: Any, ids: Sequence[int], start: int) -> torch.Tensor:
+        return self.rm.pooled_reward(output.logits)

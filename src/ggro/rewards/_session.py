@@ -1,0 +1,126 @@
+"""The per-sequence scoring state shared by rewards built on a causal (decoder-only) transformer.
+
+The session keeps the KV cache of the accepted prefix, so scoring a candidate segment costs one forward
+(+ backward, when a gradient is asked for) over the segment only. Subclasses say how to call their model
+and how to turn its output over the fed positions into a reward.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .._compat import crop_detached, crop_to, new_cache, output_cache
+from ..segments import common_prefix_length
+from .base import RewardError, RewardSession, SegmentScore
+
+
+class CausalPrefixSession(RewardSession):
+    """Prefix-cached scoring for one sequence (``use_prefix_cache=False``: every call feeds everything)."""
+
+    def __init__(self, *, name: str, model: Any, embed: Any, use_prefix_cache: bool):
+        self.name = name
+        self.model = model
+        self.embed = embed
+        self.use_prefix_cache = use_prefix_cache
+        self.cache: Any = None
+        self.cached_ids: list[int] = []
+        self.calls = 0
+        self.tokens_processed = 0
+
+    # -- what a subclass provides
+    @abstractmethod
+    def _call(self, embeds: torch.Tensor, cache: Any, past: int) -> Any:
+        """Run the model on ``embeds`` [1, n, hidden] after ``past`` cached positions; return its output."""
+
+    @abstractmethod
+    def _reward(self, output: Any, ids: Sequence[int], start: int) -> torch.Tensor:
+        """Reward [1] of the sequence ``ids`` from the output of a call that fed ``ids[start:]``."""
+
+    def _prefix_extended(self, output: Any, start: int) -> None:
+        """The cache grew by a call whose first fed position is ``start`` (pooled rewards keep its states)."""
+
+    def _prefix_cropped(self, length: int) -> None:
+        """The cache was rolled back to ``length`` positions."""
+
+    # -- shared machinery
+    def _forward(self, embeds: torch.Tensor, cache: Any, past: int) -> Any:
+        self.calls += 1
+        self.tokens_processed += embeds.shape[1]
+        try:
+            return self._call(embeds, cache, past)
+        except RewardError:
+            raise
+        except Exception as exc:  # the RM is user code: report it with its name, keep the original
+            raise RewardError(f"reward model {self.name!r} failed: {exc}") from exc
+
+    def _sync_prefix(self, prefix_ids: Sequence[int]) -> None:
+        """Make the cache hold exactly ``prefix_ids`` (roll back to the common part, extend the rest)."""
+        keep = common_prefix_length(self.cached_ids, prefix_ids)
+        if self.cache is None:
+            self.cache = new_cache(self.model)
+            keep = 0
+        elif keep < len(self.cached_ids):
+            crop_to(self.cache, keep)
+        self._prefix_cropped(keep)
+        missing = list(prefix_ids[keep:])
+        self.cached_ids = list(prefix_ids[:keep])
+        if missing:
+            with torch.no_grad():
+                output = self._forward(self.embed(missing), self.cache, keep)
+            self.cache = output_cache(output)
+            self._prefix_extended(output, keep)
+            self.cached_ids = list(prefix_ids)
+
+    def score_segment(
+        self, prefix_ids: Sequence[int], segment_ids: Sequence[int], grad_position: int | None
+    ) -> SegmentScore:
+        if not segment_ids:
+            raise ValueError("score_segment: empty segment")
+        use_cache = self.use_prefix_cache and len(prefix_ids) > 0
+        if use_cache:
+            self._sync_prefix(prefix_ids)
+            feed, start = list(segment_ids), len(prefix_ids)
+        else:
+            feed, start = list(prefix_ids) + list(segment_ids), 0
+        with torch.no_grad():
+            embeds = self.embed(feed)
+        leaf: torch.Tensor | None = None
+        if grad_position is not None:
+            # Only the insertion position needs dr/de; make just that row a leaf.
+            at = len(prefix_ids) - start + grad_position
+            leaf = embeds[0, at].detach().clone().requires_grad_(True)
+            embeds = torch.cat([embeds[:, :at], leaf[None, None], embeds[:, at + 1 :]], dim=1)
+        with torch.enable_grad() if leaf is not None else torch.no_grad():
+            output = self._forward(embeds, self.cache if use_cache else None, start)
+            if use_cache:
+                crop_detached(self.cache, len(prefix_ids))  # drop the candidate's KV; the prefix stays
+            reward_t = self._checked(self._reward(output, [*prefix_ids, *segment_ids], start))
+            reward = float(reward_t[0].detach().float())
+            gradient = None
+            if leaf is not None and torch.isfinite(reward_t).all():
+                (gradient,) = torch.autograd.grad(reward_t[0], leaf)
+                gradient = gradient.detach().float()
+        return SegmentScore(reward=reward, gradient=gradient)
+
+    def score_sequence(self, ids: Sequence[int]) -> float:
+        ids = list(ids)
+        if not ids:
+            raise ValueError("score_sequence: empty sequence")
+        with torch.no_grad():
+            if self.use_prefix_cache and len(ids) > 1:
+                self._sync_prefix(ids[:-1])
+                output = self._forward(self.embed(ids[-1:]), self.cache, len(ids) - 1)
+                crop_to(self.cache, len(ids) - 1)
+                reward_t = self._reward(output, ids, len(ids) - 1)
+            else:
+                reward_t = self._reward(self._forward(self.embed(ids), None, 0), ids, 0)
+        return float(self._checked(reward_t)[0].float())
+
+    def _checked(self, reward_t: torch.Tensor) -> torch.Tensor:
+        if reward_t.shape != (1,):
+            raise RewardError(f"reward model {self.name!r}: expected one reward, got shape {tuple(reward_t.shape)}")
+        return reward_t

@@ -1,0 +1,199 @@
+"""A reward that is a linear head on the mean of a causal backbone's final hidden states over the response.
+
+This is the shape of the embedded default reward (the SmolLM2-135M backbone with a head trained on
+human harm scores): mean pooling over the response tokens holds up on partial responses, which GGRO
+scores all the time, far better than last-token pooling. The response starts after the last occurrence
+of ``response_marker`` (the chat template's assistant header); end-of-turn tokens are not pooled, as the
+head never saw them in training.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._compat import cache_kwargs
+from ._session import CausalPrefixSession
+from .base import RewardError, RewardModel, RewardSession
+
+__all__ = ["MeanPooledHeadReward", "response_start"]
+
+
+def response_start(ids: Sequence[int], marker: Sequence[int]) -> int:
+    """Index after the last occurrence of ``marker`` in ``ids`` (0 when absent or empty)."""
+    n = len(marker)
+    if n == 0:
+        return 0
+    first = marker[0]
+    for i in range(len(ids) - n, -1, -1):
+        if ids[i] == first and list(ids[i : i + n]) == list(marker):
+            return i + n
+    return 0
+
+
+class MeanPooledHeadReward(RewardModel):
+    """``reward = weight · mean(h_t for response tokens t) + bias`` on a decoder-only backbone.
+
+    ``backbone`` is a base transformer returning ``last_hidden_state`` (e.g. ``LlamaModel``; a causal LM's
+    ``get_decoder()`` shares the policy's weights). Every call is causal, so the per-sequence session
+    keeps the prefix KV cache and the prefix's hidden states: a candidate costs a pass over itself only.
+    """
+
+    def __init__(
+        self,
+        backbone: Any,
+        weight: torch.Tensor,
+        bias: float | torch.Tensor,
+        *,
+        response_marker: Sequence[int] = (),
+        excluded_ids: Sequence[int] = (),
+        name: str = "mean-pooled-head",
+    ):
+        hidden = backbone.get_input_embeddings().weight.shape[1]
+        weight = torch.as_tensor(weight, dtype=torch.float32).reshape(-1)
+        if weight.shape[0] != hidden:
+            raise ValueError(
+                f"reward head: weight has {weight.shape[0]} values but the backbone's hidden size is {hidden}"
+            )
+        self.backbone = backbone.eval()
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        self._embedding = backbone.get_input_embeddings()
+        self.weight = weight.to(self.device)
+        self.bias = float(torch.as_tensor(bias, dtype=torch.float32).reshape(-1)[0])
+        self.response_marker = [int(x) for x in response_marker]
+        self.excluded_ids = frozenset(int(x) for x in excluded_ids)
+        self.name = name
+
+    @classmethod
+    def from_head_file(
+        cls, backbone: Any, head_path: str | Path, tokenizer: Any, *, name: str | None = None
+    ) -> MeanPooledHeadReward:
+        """A head saved as safetensors (``weight`` [hidden], ``bias`` [1]) beside a JSON of the same stem
+        whose ``response_marker`` (text) says where responses start; end-of-turn tokens are excluded."""
+        from safetensors.torch import load_file
+
+        path = Path(head_path)
+        tensors = load_file(str(path))
+        meta_path = path.with_suffix(".json")
+        meta: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
+        marker_text = meta.get("response_marker", "")
+        marker = tokenizer(marker_text, add_special_tokens=False)["input_ids"] if marker_text else []
+        excluded = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        return cls(
+            backbone,
+            tensors["weight"],
+            tensors["bias"],
+            response_marker=marker,
+            excluded_ids=excluded,
+            name=name or meta.get("name", path.stem),
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self._embedding.weight.device
+
+    def check_vocabulary(self, policy_vocab_size: int) -> None:
+        rows = self._embedding.weight.shape[0]
+        if rows < policy_vocab_size:
+            raise ValueError(
+                f"reward model {self.name!r}: its embedding has {rows} rows but the policy's vocabulary has "
+                f"{policy_vocab_size} tokens; the exact gradient path needs the policy's tokenizer"
+            )
+
+    def embed(self, ids: Sequence[int]) -> torch.Tensor:
+        return self._embedding(torch.tensor([list(ids)], device=self.device))
+
+    def pooling_mask(self, ids: Sequence[int]) -> torch.Tensor:
+        """[len(ids)] float32: 1 where a position is pooled (response token, not end-of-turn)."""
+        start = response_start(ids, self.response_marker)
+        mask = [1.0 if i >= start and t not in self.excluded_ids else 0.0 for i, t in enumerate(ids)]
+        return torch.tensor(mask, dtype=torch.float32, device=self.device)
+
+    def head(self, pooled_sum: torch.Tensor, count: float) -> torch.Tensor:
+        """Reward [1] from the sum of pooled hidden states and their count (bias alone when none)."""
+        mean = pooled_sum / max(count, 1.0)
+        return (mean @ self.weight + self.bias).reshape(1)
+
+    def open_session(self) -> RewardSession:
+        return _PooledSession(self)
+
+    def candidate_scores(self, gradient: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        rows = self._embedding.weight[token_ids.to(self.device)].float()
+        return rows @ gradient.to(rows.device).float()
+
+    def _hidden(self, **kwargs: Any) -> torch.Tensor:
+        try:
+            out = self.backbone(**kwargs)
+        except Exception as exc:
+            raise RewardError(f"reward model {self.name!r} failed: {exc}") from exc
+        return out.last_hidden_state.float()
+
+    def score(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+        """Batched rewards of whole sequences (left padding + attention mask), no gradients."""
+        rows = [list(s) for s in sequences]
+        if not rows or any(not r for r in rows):
+            raise ValueError("score: every sequence needs at least one token")
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([[0] * (width - len(r)) + r for r in rows], device=self.device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad():
+            hidden = self._hidden(input_ids=ids, attention_mask=mask, position_ids=positions)
+        rewards = []
+        for b, r in enumerate(rows):
+            pool = self.pooling_mask(r)
+            h = hidden[b, width - len(r) :]
+            rewards.append(float(self.head(pool @ h, float(pool.sum()))[0]))
+        return rewards
+
+    def embedding_gradients(self, ids: Sequence[int], positions: Sequence[int]) -> tuple[float, torch.Tensor]:
+        with torch.no_grad():
+            embeds = self.embed(ids)
+        embeds.requires_grad_(True)
+        with torch.enable_grad():
+            hidden = self._hidden(inputs_embeds=embeds)[0]
+            pool = self.pooling_mask(ids)
+            reward = self.head(pool @ hidden, float(pool.sum()))[0]
+            (grad,) = torch.autograd.grad(reward, embeds)
+        return float(reward.detach()), grad[0, list(positions)].float()
+
+
+class _PooledSession(CausalPrefixSession):
+    """Keeps, beside the prefix KV cache, the prefix's final hidden states (float32) for pooling."""
+
+    def __init__(self, rm: MeanPooledHeadReward):
+        super().__init__(name=rm.name, model=rm.backbone, embed=rm.embed, use_prefix_cache=True)
+        self.rm = rm
+        self.prefix_hidden = torch.zeros(0, rm.weight.shape[0], device=rm.device)
+
+    def _call(self, embeds: torch.Tensor, cache: Any, past: int) -> Any:
+        length = embeds.shape[1]
+        kwargs: dict[str, Any] = {
+            "inputs_embeds": embeds,
+            "attention_mask": torch.ones(1, past + length, dtype=torch.long, device=embeds.device),
+            "position_ids": torch.arange(past, past + length, device=embeds.device)[None],
+        }
+        if cache is not None:
+            kwargs.update(cache_kwargs(self.model, cache))
+            kwargs["use_cache"] = True
+        return self.model(**kwargs)
+
+    def _prefix_extended(self, output: Any, start: int) -> None:
+        fed = output.last_hidden_state[0].detach().float()
+        self.prefix_hidden = torch.cat([self.prefix_hidden[:start], fed])
+
+    def _prefix_cropped(self, length: int) -> None:
+        self.prefix_hidden = self.prefix_hidden[:length]
+
+    def _reward(self, output: Any, ids: Sequence[int], start: int) -> torch.Tensor:
+        fed = output.last_hidden_state[0].float()
+        pool = self.rm.pooling_mask(ids)
+        total = pool[start:] @ fed
+        if start:
+            total = total + pool[:start] @ self.prefix_hidden[:start]
+        return self.rm.head(total, float(pool.sum()))

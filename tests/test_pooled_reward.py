@@ -1,0 +1,113 @@
+"""The mean-pooled linear-head reward: pooling over the response, the prefix-cached session, the file format."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from transformers import LlamaModel
+
+from conftest import EOS, TEST_DEVICE, TinyTokenizer, fp32_only, place, tiny_llama, tiny_llama_config
+from ggro import GGROConfig, GGRODecoder
+from ggro.rewards import MeanPooledHeadReward
+from ggro.rewards.pooled import response_start
+
+MARKER = [3, 4]
+PROMPT = [10, 11, 3, 4]  # "user text", then the assistant header: the response starts at index 4
+
+
+def _reward(seed: int = 3) -> MeanPooledHeadReward:
+    torch.manual_seed(seed)
+    backbone = place(LlamaModel(tiny_llama_config()).eval())
+    weight = torch.randn(32)
+    return MeanPooledHeadReward(backbone, weight, 0.25, response_marker=MARKER, excluded_ids=[EOS], name="tiny-pooled")
+
+
+def _reference(rm: MeanPooledHeadReward, ids: list[int]) -> float:
+    """The definition, computed the slow way: one full pass, mean of the pooled rows, the head."""
+    with torch.no_grad():
+        hidden = rm.backbone(input_ids=torch.tensor([ids], device=TEST_DEVICE)).last_hidden_state[0].float()
+    rows = [hidden[i] for i, t in enumerate(ids) if i >= response_start(ids, MARKER) and t != EOS]
+    if not rows:
+        return rm.bias
+    return float(torch.stack(rows).mean(0) @ rm.weight + rm.bias)
+
+
+def test_response_start() -> None:
+    assert response_start([1, 3, 4, 9, 3, 4, 7], [3, 4]) == 6
+    assert response_start([1, 2], [3, 4]) == 0
+    assert response_start([3, 4], [3, 4]) == 2
+    assert response_start([5, 6], []) == 0
+
+
+def test_pooling_skips_prompt_and_end_of_turn() -> None:
+    rm = _reward()
+    assert rm.pooling_mask([*PROMPT, 20, 21, EOS]).tolist() == [0, 0, 0, 0, 1, 1, 0]
+    # The prompt alone pools nothing: the bias is the reward.
+    assert rm.score([PROMPT])[0] == pytest.approx(0.25)
+
+
+@fp32_only("cached and full passes agree to 1e-5")
+def test_cached_session_matches_full_passes() -> None:
+    rm = _reward()
+    session = rm.open_session()
+    prefix = [*PROMPT, 20, 21, 22]
+    for segment, grad_at in (([30, 31, 32], 0), ([33, 34], 1), ([35, EOS], None)):
+        got = session.score_segment(prefix, segment, grad_at)
+        assert got.reward == pytest.approx(_reference(rm, prefix + segment), abs=1e-5)
+        if grad_at is not None:
+            reward, grads = rm.embedding_gradients(prefix + segment, [len(prefix) + grad_at])
+            assert reward == pytest.approx(got.reward, abs=1e-5)
+            assert got.gradient is not None
+            torch.testing.assert_close(got.gradient, grads[0], atol=1e-5, rtol=1e-4)
+    # Rolling the prefix back (a different accepted segment) keeps the pooled states consistent.
+    other = [*PROMPT, 20, 40]
+    assert session.score_segment(other, [41], None).reward == pytest.approx(_reference(rm, [*other, 41]), abs=1e-5)
+    assert session.score_sequence([*other, 41, 42]) == pytest.approx(_reference(rm, [*other, 41, 42]), abs=1e-5)
+
+
+@fp32_only("batched and single passes agree to 1e-5")
+def test_batched_score_equals_definition() -> None:
+    rm = _reward()
+    seqs = [[*PROMPT, 20], [*PROMPT, 20, 21, 22, 23, EOS], [9, 8, 7]]
+    assert rm.score(seqs) == pytest.approx([_reference(rm, s) for s in seqs], abs=1e-5)
+
+
+def test_gradient_changes_with_the_head() -> None:
+    rm = _reward()
+    flipped = MeanPooledHeadReward(rm.backbone, -rm.weight, 0.0, response_marker=MARKER)
+    ids = [*PROMPT, 20, 21]
+    _, g = rm.embedding_gradients(ids, [4])
+    _, g_flipped = flipped.embedding_gradients(ids, [4])
+    torch.testing.assert_close(g_flipped, -g)
+
+
+def test_head_size_is_checked() -> None:
+    backbone = LlamaModel(tiny_llama_config()).eval()
+    with pytest.raises(ValueError, match="weight has 16 values but the backbone's hidden size is 32"):
+        MeanPooledHeadReward(backbone, torch.zeros(16), 0.0)
+
+
+def test_head_file_round_trip(tmp_path) -> None:
+    rm = _reward()
+    save_file({"weight": rm.weight.cpu(), "bias": torch.tensor([rm.bias])}, str(tmp_path / "head.safetensors"))
+    (tmp_path / "head.json").write_text(json.dumps({"name": "tiny head", "response_marker": "t3 t4"}))
+    loaded = MeanPooledHeadReward.from_head_file(rm.backbone, tmp_path / "head.safetensors", TinyTokenizer())
+    assert loaded.name == "tiny head"
+    assert loaded.response_marker == MARKER and loaded.excluded_ids == {EOS}
+    ids = [*PROMPT, 20, 21, EOS]
+    assert loaded.score([ids]) == pytest.approx(rm.score([ids]), abs=1e-6)
+
+
+def test_decoder_steers_with_pooled_reward() -> None:
+    rm = _reward()
+    decoder = GGRODecoder(tiny_llama(), TinyTokenizer(), rm, GGROConfig(entropy_threshold=0.5, max_new_tokens=16))
+    (result,) = decoder.generate_ids([PROMPT])
+    assert result.segments and len(result.token_ids) <= 16
+    assert any(len(s.candidate_rewards) > 1 for s in result.segments)
+    assert result.final_reward is not None and math.isfinite(result.final_reward)
+    full = PROMPT + result.token_ids + ([EOS] if result.finish_reason == "stop" else [])
+    assert result.final_reward == pytest.approx(rm.score([full])[0], abs=1e-3)
