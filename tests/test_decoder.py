@@ -182,8 +182,8 @@ class _Wrapped(RewardModel):
         self.after = after
         self.name = f"broken-{mode}"
 
-    def open_session(self) -> RewardSession:
-        inner = self.inner.open_session()
+    def open_session(self, context=None) -> RewardSession:
+        inner = self.inner.open_session(context)
         outer = self
 
         class S(RewardSession):

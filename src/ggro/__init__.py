@@ -3,14 +3,16 @@
 from .config import GGROConfig
 from .decoder import GGRODecoder
 from .events import GGROEvent, GGROResult, NudgeEvent, SegmentEvent, Timing, Usage
-from .rewards import HFRewardModel, RewardError, RewardModel
+from .rewards import CallableReward, HFRewardModel, MeanPooledHeadReward, RewardError, RewardModel
 
 __all__ = [
+    "CallableReward",
     "GGROConfig",
     "GGRODecoder",
     "GGROEvent",
     "GGROResult",
     "HFRewardModel",
+    "MeanPooledHeadReward",
     "NudgeEvent",
     "RewardError",
     "RewardModel",

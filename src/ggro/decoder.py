@@ -20,8 +20,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ._batch import FeedRequest, PolicyBatch
 from .config import GGROConfig
 from .events import GGROEvent, GGROResult, Listener, NudgeEvent, SegmentEvent, Timing, Usage
-from .nudging import NudgeProposal, propose_nudge
-from .rewards.base import RewardError, RewardModel, RewardSession
+from .nudging import NudgeProposal, choose_nudge, propose_nudge
+from .rewards.base import RewardContext, RewardError, RewardModel, RewardSession
 from .segments import common_prefix_length, token_entropy
 
 __all__ = ["GGRODecoder", "PromptInput"]
@@ -192,7 +192,7 @@ class GGRODecoder:
         cfg = self._resolve_config(config, overrides)
         batch = self._as_batch(prompts)
         ids = [self.encode_prompt(p, chat_template=chat_template) for p in batch]
-        return self.stream_ids(ids, config=cfg, listener=listener)
+        return self.stream_ids(ids, config=cfg, listener=listener, prompt_texts=[_prompt_text(p) for p in batch])
 
     def generate_ids(
         self, prompt_ids: Sequence[Sequence[int]], *, config: GGROConfig | None = None, listener: Listener | None = None
@@ -200,13 +200,25 @@ class GGRODecoder:
         return _drain(self.stream_ids(prompt_ids, config=config, listener=listener))
 
     def stream_ids(
-        self, prompt_ids: Sequence[Sequence[int]], *, config: GGROConfig | None = None, listener: Listener | None = None
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        *,
+        config: GGROConfig | None = None,
+        listener: Listener | None = None,
+        prompt_texts: Sequence[str] | None = None,
     ) -> Generator[GGROEvent, None, list[GGROResult]]:
+        """Decode token-id prompts. ``prompt_texts`` (the user's prompts as text) reach text-level rewards;
+        by default they are the decoded prompts."""
         cfg = config or self.config
         prompts = [self._check_length(list(p)) for p in prompt_ids]
         if not prompts:
             raise ValueError("prompts: the batch is empty")
-        return self._schedule(prompts, cfg, listener)
+        if prompt_texts is None:
+            prompt_texts = [str(self.tokenizer.decode(p, skip_special_tokens=True)) for p in prompts]
+        elif len(prompt_texts) != len(prompts):
+            raise ValueError(f"prompt_texts: expected {len(prompts)} texts, got {len(prompt_texts)}")
+        contexts = [RewardContext(tuple(p), t, self.tokenizer) for p, t in zip(prompts, prompt_texts, strict=True)]
+        return self._schedule(prompts, contexts, cfg, listener)
 
     def _resolve_config(self, config: GGROConfig | None, overrides: dict[str, Any]) -> GGROConfig:
         base = config or self.config
@@ -231,7 +243,7 @@ class GGRODecoder:
 
     # ------------------------------------------------------------------ scheduler
     def _schedule(
-        self, prompts: list[list[int]], cfg: GGROConfig, listener: Listener | None
+        self, prompts: list[list[int]], contexts: list[RewardContext], cfg: GGROConfig, listener: Listener | None
     ) -> Generator[GGROEvent, None, list[GGROResult]]:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         batch = PolicyBatch(self.policy, len(prompts), pad_token_id=pad)
@@ -244,7 +256,7 @@ class GGRODecoder:
 
         started = time.perf_counter()
         stats = [_Stats() for _ in prompts]
-        coroutines = [self._sequence(i, p, cfg, emit, stats[i], started) for i, p in enumerate(prompts)]
+        coroutines = [self._sequence(i, p, contexts[i], cfg, emit, stats[i], started) for i, p in enumerate(prompts)]
         row_of = list(range(len(prompts)))
         pending: dict[int, FeedRequest] = {}
         results: list[GGROResult | None] = [None] * len(prompts)
@@ -291,12 +303,13 @@ class GGRODecoder:
         self,
         index: int,
         prompt_ids: list[int],
+        context: RewardContext,
         cfg: GGROConfig,
         emit: Callable[[GGROEvent], None],
         stats: _Stats,
         started: float,
     ) -> _Coroutine:
-        session = self.reward.open_session()
+        session = self.reward.open_session(context)
         generator = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None
         response_start = len(prompt_ids)
         budget_end = response_start + cfg.max_new_tokens
@@ -440,7 +453,8 @@ class GGRODecoder:
                 break
             plan.candidates.append(cand)
             wants_proposal = r < steps - 1 and len(cand.tokens) > plan.offset
-            score = session.score_segment(ids, cand.tokens, plan.offset if wants_proposal else None)
+            grad_at = plan.offset if wants_proposal and self.reward.differentiable else None
+            score = session.score_segment(ids, cand.tokens, grad_at)
             cand.reward = score.reward
             if not _finite(score.reward):
                 if cfg.nonfinite_reward == "raise":
@@ -456,24 +470,41 @@ class GGRODecoder:
                 if len(cand.tokens) <= plan.offset and r < steps - 1:
                     stopped_on_repeat = True  # the release regenerates this same draft, then stops on repeat
                 break
-            assert plan.insertion_logits is not None and score.gradient is not None
-            if not torch.isfinite(score.gradient).all():
-                if cfg.nonfinite_reward == "raise":
-                    raise RewardError(f"reward model {self.reward.name!r} returned a non-finite gradient")
-                fallback = True
-                break
+            assert plan.insertion_logits is not None
             top_k = torch.topk(plan.insertion_logits, min(cfg.nudge_top_k, plan.insertion_logits.shape[-1])).indices
             current = cand.tokens[plan.offset]
-            cand.proposal = propose_nudge(
-                self.reward,
-                score.gradient,
-                top_k,
-                current,
-                baseline=cfg.nudge_score_baseline,
-                selection=cfg.nudge_selection,
-                temperature=cfg.nudge_temperature,
-                generator=generator,
-            )
+            if self.reward.differentiable:
+                assert score.gradient is not None
+                if not torch.isfinite(score.gradient).all():
+                    if cfg.nonfinite_reward == "raise":
+                        raise RewardError(f"reward model {self.reward.name!r} returned a non-finite gradient")
+                    fallback = True
+                    break
+                cand.proposal = propose_nudge(
+                    self.reward,
+                    score.gradient,
+                    top_k,
+                    current,
+                    baseline=cfg.nudge_score_baseline,
+                    selection=cfg.nudge_selection,
+                    temperature=cfg.nudge_temperature,
+                    generator=generator,
+                )
+            else:
+                # No gradient: score each top-k variant of this candidate exactly, in one batch.
+                head, tail = cand.tokens[: plan.offset], cand.tokens[plan.offset + 1 :]
+                variants = [[*ids, *head, v, *tail] for v in top_k.tolist()]
+                exact = torch.tensor(session.score_many(variants), dtype=torch.float32)
+                cand.proposal = choose_nudge(
+                    exact,
+                    top_k,
+                    current,
+                    score.reward,
+                    baseline=cfg.nudge_score_baseline,
+                    selection=cfg.nudge_selection,
+                    temperature=cfg.nudge_temperature,
+                    generator=generator,
+                )
             if cand.proposal is None:
                 fallback = True
                 break
@@ -635,6 +666,15 @@ class GGRODecoder:
             return kept.reward if _finite(kept.reward) else None
         value = session.score_sequence(scored)
         return value if _finite(value) else None
+
+
+def _prompt_text(prompt: PromptInput) -> str:
+    """The user's words: the prompt string, or the last user message of a chat."""
+    if isinstance(prompt, str):
+        return prompt
+    messages = list(prompt)
+    users = [m for m in messages if m.get("role") == "user"] or messages
+    return str(users[-1].get("content", "")) if users else ""
 
 
 def _drain(stream: Generator[GGROEvent, None, list[GGROResult]]) -> list[GGROResult]:

@@ -1,4 +1,5 @@
-"""Choosing a nudge token from the reward gradient, among the policy's top-k at the insertion position."""
+"""Choosing a nudge token among the policy's top-k at the insertion position: by the reward gradient, or by
+the exact reward of each variant for rewards without gradients."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 
 from .rewards.base import RewardModel
 
-__all__ = ["NudgeProposal", "propose_nudge"]
+__all__ = ["NudgeProposal", "choose_nudge", "propose_nudge"]
 
 # The release scales the current token's score by this instead of excluding it (DESIGN §1, quirk iii).
 _CURRENT_TOKEN_SCALE = 1e-10
@@ -34,20 +35,53 @@ def propose_nudge(
     temperature: float,
     generator: torch.Generator | None = None,
 ) -> NudgeProposal | None:
-    """Score each top-k candidate by its first-order reward change and pick one.
+    """Score each top-k candidate by its first-order reward change E[v]·dr/de and pick one.
 
     Returns None when the gradient gives no usable signal (non-finite scores).
     """
     scores = reward.candidate_scores(gradient, top_k_ids).float().cpu()
+    if not torch.isfinite(scores).all():
+        return None
+    current = 0.0
+    if baseline == "current":
+        current = float(reward.candidate_scores(gradient, torch.tensor([current_token])).float().cpu()[0])
+    return choose_nudge(
+        scores,
+        top_k_ids,
+        current_token,
+        current,
+        baseline=baseline,
+        selection=selection,
+        temperature=temperature,
+        generator=generator,
+    )
+
+
+def choose_nudge(
+    scores: torch.Tensor,
+    top_k_ids: torch.Tensor,
+    current_token: int,
+    current_score: float,
+    *,
+    baseline: Literal["current", "zero"],
+    selection: Literal["greedy", "sample"],
+    temperature: float,
+    generator: torch.Generator | None = None,
+) -> NudgeProposal | None:
+    """Pick among the top-k by ``scores`` (first-order or exact rewards): ``current`` compares each with
+    ``current_score`` (the current token scores 0), ``zero`` is the release's raw scoring. A non-finite
+    score never wins; None when no score is finite."""
+    scores = scores.float().cpu()
     ids = top_k_ids.cpu()
     is_current = ids == current_token
     if baseline == "zero":
         scores = torch.where(is_current, scores * _CURRENT_TOKEN_SCALE, scores)
     else:
-        current_score = reward.candidate_scores(gradient, torch.tensor([current_token])).float().cpu()[0]
         scores = torch.where(is_current, torch.zeros_like(scores), scores - current_score)
-    if not torch.isfinite(scores).all():
+    finite = torch.isfinite(scores)
+    if not finite.any():
         return None
+    scores = torch.where(finite, scores, torch.full_like(scores, float("-inf")))
     scaled = scores / temperature
     if selection == "sample":
         probs = torch.softmax(scaled, dim=-1)

@@ -1,7 +1,17 @@
 """Reward models that steer GGRO."""
 
-from .base import RewardError, RewardModel, RewardSession, SegmentScore
+from .base import RewardContext, RewardError, RewardModel, RewardSession, SegmentScore
+from .callable import CallableReward
 from .hf import HFRewardModel
 from .pooled import MeanPooledHeadReward
 
-__all__ = ["HFRewardModel", "MeanPooledHeadReward", "RewardError", "RewardModel", "RewardSession", "SegmentScore"]
+__all__ = [
+    "CallableReward",
+    "HFRewardModel",
+    "MeanPooledHeadReward",
+    "RewardContext",
+    "RewardError",
+    "RewardModel",
+    "RewardSession",
+    "SegmentScore",
+]

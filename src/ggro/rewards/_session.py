@@ -120,6 +120,13 @@ class CausalPrefixSession(RewardSession):
                 reward_t = self._reward(self._forward(self.embed(ids), None, 0), ids, 0)
         return float(self._checked(reward_t)[0].float())
 
+    def score_many(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+        return self.score_batch(sequences)
+
+    @abstractmethod
+    def score_batch(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+        """The model's own batched, gradient-free scoring of whole sequences."""
+
     def _checked(self, reward_t: torch.Tensor) -> torch.Tensor:
         if reward_t.shape != (1,):
             raise RewardError(f"reward model {self.name!r}: expected one reward, got shape {tuple(reward_t.shape)}")

@@ -11,14 +11,33 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-__all__ = ["RewardError", "RewardModel", "RewardSession", "SegmentScore"]
+__all__ = ["RewardContext", "RewardError", "RewardModel", "RewardSession", "SegmentScore"]
 
 
 class RewardError(RuntimeError):
     """The reward model failed or returned something unusable (wrong shape, raised, ...)."""
+
+
+@dataclass(frozen=True)
+class RewardContext:
+    """What the decoder tells a session about the sequence it will score."""
+
+    prompt_ids: tuple[int, ...]
+    """The prompt as the policy saw it (chat template applied), in policy token ids."""
+    prompt_text: str
+    """The user's prompt as plain text (the last user message for a chat), for text-level rewards."""
+    tokenizer: Any
+    """The policy's tokenizer: text-level rewards decode responses with it."""
+
+    def response_text(self, ids: Sequence[int]) -> str:
+        """The response part of a full sequence ``ids`` (prompt + response) as text."""
+        n = len(self.prompt_ids)
+        response = list(ids[n:]) if list(ids[:n]) == list(self.prompt_ids) else list(ids)
+        return str(self.tokenizer.decode(response, skip_special_tokens=True))
 
 
 @dataclass(frozen=True)
@@ -46,15 +65,26 @@ class RewardSession(ABC):
     def score_sequence(self, ids: Sequence[int]) -> float:
         """Reward of a whole sequence, no gradient."""
 
+    def score_many(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+        """Rewards of several whole sequences of this session's prompt, no gradient (the exact,
+        gradient-free nudge proposal scores one variant per top-k token this way)."""
+        return [self.score_sequence(s) for s in sequences]
+
 
 class RewardModel(ABC):
-    """A differentiable reward that shares the policy's vocabulary."""
+    """A reward over the policy's token sequences.
+
+    ``differentiable`` rewards give dr/de at the insertion position and nudges are proposed by the
+    first-order score E[v]·dr/de; the others (plain callables, APIs) are asked for the exact reward of
+    each top-k variant instead (:meth:`RewardSession.score_many`).
+    """
 
     name: str = "reward"
+    differentiable: bool = True
 
     @abstractmethod
-    def open_session(self) -> RewardSession:
-        """Fresh per-sequence state."""
+    def open_session(self, context: RewardContext | None = None) -> RewardSession:
+        """Fresh per-sequence state (``context``: the prompt, when the caller knows it)."""
 
     @abstractmethod
     def score(self, sequences: Sequence[Sequence[int]]) -> list[float]:

@@ -17,7 +17,7 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
 from .._compat import cache_kwargs
 from ._session import CausalPrefixSession
-from .base import RewardError, RewardModel, RewardSession
+from .base import RewardContext, RewardError, RewardModel, RewardSession
 
 __all__ = ["HFRewardModel"]
 
@@ -80,7 +80,7 @@ class HFRewardModel(RewardModel):
                 f"{policy_vocab_size} tokens; the exact gradient path needs the policy's tokenizer"
             )
 
-    def open_session(self) -> RewardSession:
+    def open_session(self, context: RewardContext | None = None) -> RewardSession:
         return _HFSession(self)
 
     def candidate_scores(self, gradient: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
@@ -140,6 +140,9 @@ class _HFSession(CausalPrefixSession):
     def __init__(self, rm: HFRewardModel):
         super().__init__(name=rm.name, model=rm.model, embed=rm.embed, use_prefix_cache=rm.use_prefix_cache)
         self.rm = rm
+
+    def score_batch(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+        return self.rm.score(sequences)
 
     def _call(self, embeds: torch.Tensor, cache: Any, past: int) -> Any:
         length = embeds.shape[1]

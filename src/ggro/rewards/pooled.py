@@ -18,7 +18,7 @@ import torch
 
 from .._compat import cache_kwargs
 from ._session import CausalPrefixSession
-from .base import RewardError, RewardModel, RewardSession
+from .base import RewardContext, RewardError, RewardModel, RewardSession
 
 __all__ = ["MeanPooledHeadReward", "response_start"]
 
@@ -119,7 +119,7 @@ class MeanPooledHeadReward(RewardModel):
         mean = pooled_sum / max(count, 1.0)
         return (mean @ self.weight + self.bias).reshape(1)
 
-    def open_session(self) -> RewardSession:
+    def open_session(self, context: RewardContext | None = None) -> RewardSession:
         return _PooledSession(self)
 
     def candidate_scores(self, gradient: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
@@ -170,6 +170,9 @@ class _PooledSession(CausalPrefixSession):
         super().__init__(name=rm.name, model=rm.backbone, embed=rm.embed, use_prefix_cache=True)
         self.rm = rm
         self.prefix_hidden = torch.zeros(0, rm.weight.shape[0], device=rm.device)
+
+    def score_batch(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+        return self.rm.score(sequences)
 
     def _call(self, embeds: torch.Tensor, cache: Any, past: int) -> Any:
         length = embeds.shape[1]
