@@ -45,7 +45,11 @@ class SegmentScore:
     reward: float
     """Reward of prefix + segment (may be non-finite; the decoder decides what that means)."""
     gradient: torch.Tensor | None
-    """dr/de at the requested position, float32 [hidden], or None when not requested."""
+    """dr/de at the requested position, float32 [hidden], or None when not requested. The decoder treats
+    it as opaque: only the same reward's :meth:`RewardModel.candidate_scores` reads it (a composite may
+    concatenate its terms' gradients, a cross-tokenizer bridge may keep its own embedding space)."""
+    terms: dict[str, float] | None = None
+    """For rewards made of several terms (e.g. a weighted sum): each term's value, by name."""
 
 
 class RewardSession(ABC):
