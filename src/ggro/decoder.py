@@ -46,6 +46,7 @@ class _Candidate:
     end_entropy: float | None
     nudge_token: int | None
     reward: float | None = None
+    reward_terms: dict[str, float] | None = None
     proposal: NudgeProposal | None = None
 
 
@@ -390,6 +391,9 @@ class GGRODecoder:
                 candidate_rewards=[
                     c.reward if c.reward is not None and _finite(c.reward) else None for c in plan.candidates
                 ],
+                candidate_reward_terms=[c.reward_terms or {} for c in plan.candidates]
+                if any(c.reward_terms for c in plan.candidates)
+                else [],
                 kept_refinement=kept_index,
                 nudged=kept_index > 0,
                 stopped_on_repeat=stopped_on_repeat,
@@ -456,6 +460,7 @@ class GGRODecoder:
             grad_at = plan.offset if wants_proposal and self.reward.differentiable else None
             score = session.score_segment(ids, cand.tokens, grad_at)
             cand.reward = score.reward
+            cand.reward_terms = score.terms
             if not _finite(score.reward):
                 if cfg.nonfinite_reward == "raise":
                     raise RewardError(

@@ -56,6 +56,11 @@ class SegmentEvent(_Frozen):
         description="Entropy that ended the segment; None when EOS, a stop sequence or the budget ended it."
     )
     candidate_rewards: list[float | None] = Field(description="Reward of each candidate (None: not finite).")
+    candidate_reward_terms: list[dict[str, float]] = Field(
+        default_factory=list,
+        description="For rewards made of terms (CompositeReward): each candidate's term values by name; "
+        "empty for single rewards.",
+    )
     kept_refinement: int
     nudged: bool
     stopped_on_repeat: bool
