@@ -3,15 +3,25 @@
 from .config import GGROConfig
 from .decoder import GGRODecoder
 from .events import GGROEvent, GGROResult, NudgeEvent, SegmentEvent, Timing, Usage
-from .rewards import CallableReward, HFRewardModel, MeanPooledHeadReward, RewardError, RewardModel
+from .rewards import (
+    CallableReward,
+    CompositeReward,
+    HFRewardModel,
+    LMJudgeReward,
+    MeanPooledHeadReward,
+    RewardError,
+    RewardModel,
+)
 
 __all__ = [
     "CallableReward",
+    "CompositeReward",
     "GGROConfig",
     "GGRODecoder",
     "GGROEvent",
     "GGROResult",
     "HFRewardModel",
+    "LMJudgeReward",
     "MeanPooledHeadReward",
     "NudgeEvent",
     "RewardError",
