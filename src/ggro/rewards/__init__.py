@@ -1,6 +1,7 @@
 """Reward models that steer GGRO."""
 
 from .base import RewardContext, RewardError, RewardModel, RewardSession, SegmentScore
+from .bridge import MeanPooledEncoderReward, TokenizerBridgeReward, make_reward
 from .callable import CallableReward
 from .composite import CompositeReward
 from .hf import HFRewardModel
@@ -12,10 +13,13 @@ __all__ = [
     "CompositeReward",
     "HFRewardModel",
     "LMJudgeReward",
+    "MeanPooledEncoderReward",
     "MeanPooledHeadReward",
     "RewardContext",
     "RewardError",
     "RewardModel",
     "RewardSession",
     "SegmentScore",
+    "TokenizerBridgeReward",
+    "make_reward",
 ]
