@@ -81,3 +81,16 @@ def test_multi_label_model_is_rejected() -> None:
     )
     with pytest.raises(ValueError, match="num_labels must be 1"):
         HFRewardModel(model)
+
+
+def test_encoder_reward_batches_with_right_padding() -> None:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, num_labels=1
+    )
+    rm = HFRewardModel(BertForSequenceClassification(config).eval(), name="tiny-bert")
+    assert not rm.causal and not rm.use_prefix_cache
+    seqs = [[1, 5, 6, 7, 2], [1, 8, 2], [1, 9, 10, 11, 12, 13, 2]]
+    assert rm.score(seqs) == pytest.approx([rm.score([s])[0] for s in seqs], abs=1e-5)

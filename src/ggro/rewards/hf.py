@@ -48,6 +48,7 @@ class HFRewardModel(RewardModel):
         )
         # Decoder-only architectures (Llama, GPT-2, Qwen, ...) attend causally, so a prefix cache is exact.
         causal = is_decoder and hasattr(model.config, "num_hidden_layers") and not hasattr(model, "bert")
+        self.causal = causal
         self.use_prefix_cache = causal if use_prefix_cache is None else use_prefix_cache
 
     @classmethod
@@ -88,18 +89,26 @@ class HFRewardModel(RewardModel):
         return rows @ gradient.to(rows.device).float()
 
     def score(self, sequences: Sequence[Sequence[int]]) -> list[float]:
-        """Batched rewards, each pooled at its own last token (left padding + attention mask)."""
+        """Batched rewards. A causal RM pools at its last token, so rows are left-padded; an encoder (BERT-like)
+        pools its first token, so rows are right-padded; the attention mask hides the padding either way."""
         rows = [list(s) for s in sequences]
         if not rows or any(not r for r in rows):
             raise ValueError("score: every sequence needs at least one token")
         width = max(len(r) for r in rows)
         pad = 0
-        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+
+        def padded(row: list[int], fill: int, value: int | None = None) -> list[int]:
+            body = row if value is None else [value] * len(row)
+            return [fill] * (width - len(row)) + body if self.causal else body + [fill] * (width - len(row))
+
+        ids = torch.tensor([padded(r, pad) for r in rows], device=self.device)
+        mask = torch.tensor([padded(r, 0, 1) for r in rows], device=self.device)
+        kwargs: dict[str, Any] = {"inputs_embeds": self._embedding(ids), "attention_mask": mask}
+        if self.causal:
+            kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.no_grad():
             try:
-                out = self.model(inputs_embeds=self._embedding(ids), attention_mask=mask, position_ids=positions)
+                out = self.model(**kwargs)
             except Exception as exc:
                 raise RewardError(f"reward model {self.name!r} failed: {exc}") from exc
         return [float(x) for x in self.pooled_reward(out.logits).float().cpu()]
