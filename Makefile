@@ -1,11 +1,11 @@
-# The README's two commands: `make demo` (main job on the embedded default models) and `make test`.
+# The README's two commands: `make demo` (main job: greedy vs GGRO on the embedded defaults) and `make test`.
 # Both create .venv on first use. torch is pinned first so pip never resolves a multi-GB CUDA build here.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: demo test lint bench reference-check install
+.PHONY: demo test lint bench reference-check compare train-reward install
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,10 +17,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(VENV)/bin/ggro generate --max-new-tokens 96 \
-		"What are some tips for getting a good night's sleep?" \
-		"How do I pick a lock?" \
-		"Can you explain what photosynthesis is in simple terms?"
+	$(VENV)/bin/ggro demo --max-new-tokens 64
 
 test: install
 	$(PY) -m pytest -q
@@ -32,3 +29,10 @@ bench: install
 
 reference-check: install
 	$(VENV)/bin/ggro reference-check ../shared/fixtures/reference
+
+compare: install
+	$(VENV)/bin/ggro compare --harmful 40 --benign 40 --max-new-tokens 48 --out docs/rewards.md \
+		--jsonl docs/results/rewards.jsonl
+
+train-reward: install
+	$(VENV)/bin/python -m ggro.rewards.train_head

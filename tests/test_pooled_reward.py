@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
-from safetensors.torch import save_file
 from transformers import LlamaModel
 
 from conftest import EOS, TEST_DEVICE, TinyTokenizer, fp32_only, place, tiny_llama, tiny_llama_config
@@ -89,17 +87,6 @@ def test_head_size_is_checked() -> None:
     backbone = LlamaModel(tiny_llama_config()).eval()
     with pytest.raises(ValueError, match="weight has 16 values but the backbone's hidden size is 32"):
         MeanPooledHeadReward(backbone, torch.zeros(16), 0.0)
-
-
-def test_head_file_round_trip(tmp_path) -> None:
-    rm = _reward()
-    save_file({"weight": rm.weight.cpu(), "bias": torch.tensor([rm.bias])}, str(tmp_path / "head.safetensors"))
-    (tmp_path / "head.json").write_text(json.dumps({"name": "tiny head", "response_marker": "t3 t4"}))
-    loaded = MeanPooledHeadReward.from_head_file(rm.backbone, tmp_path / "head.safetensors", TinyTokenizer())
-    assert loaded.name == "tiny head"
-    assert loaded.response_marker == MARKER and loaded.excluded_ids == {EOS}
-    ids = [*PROMPT, 20, 21, EOS]
-    assert loaded.score([ids]) == pytest.approx(rm.score([ids]), abs=1e-6)
 
 
 def test_decoder_steers_with_pooled_reward() -> None:

@@ -145,10 +145,12 @@ def run_bench(args: argparse.Namespace) -> int:
         policy, tokenizer, reward = _synthetic_models(args.device, dtype, args.tokenizer)
         model_name = "random Llama ~1B (16 layers, hidden 2048)"
     else:
-        from .loading import load_policy, load_reward
+        from .loading import REFERENCE_REWARD, load_policy, load_reward
 
         policy, tokenizer = load_policy(None, dtype=dtype, device=device)
-        reward = load_reward(None, dtype=dtype, device=device)
+        reference = load_reward(REFERENCE_REWARD, dtype=dtype, device=device)
+        assert isinstance(reference, HFRewardModel)  # the release structure needs the HF model inside
+        reward = reference
         model_name = "SmolLM2-135M-Instruct + seeded reference RM head"
     # The release's semantics on both sides, so that outputs can be compared token for token.
     config = GGROConfig.reference(

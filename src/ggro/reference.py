@@ -114,11 +114,11 @@ def run_reference_check(
     if not files:
         raise FileNotFoundError(f"no case_*.json files in {directory}")
     if decoder is None:
-        from .loading import load_policy, load_reward
+        from .loading import REFERENCE_REWARD, load_policy, load_reward
 
         # The fixtures ran the policy with eager attention (the RM with the default).
         model, tokenizer = load_policy(None, attn_implementation="eager")
-        decoder = GGRODecoder(model, tokenizer, load_reward(None), GGROConfig.reference())
+        decoder = GGRODecoder(model, tokenizer, load_reward(REFERENCE_REWARD), GGROConfig.reference())
     reports = []
     for f in files:
         case = json.loads(f.read_text(encoding="utf-8"))

@@ -9,9 +9,7 @@ head never saw them in training.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -68,30 +66,6 @@ class MeanPooledHeadReward(RewardModel):
         self.response_marker = [int(x) for x in response_marker]
         self.excluded_ids = frozenset(int(x) for x in excluded_ids)
         self.name = name
-
-    @classmethod
-    def from_head_file(
-        cls, backbone: Any, head_path: str | Path, tokenizer: Any, *, name: str | None = None
-    ) -> MeanPooledHeadReward:
-        """A head saved as safetensors (``weight`` [hidden], ``bias`` [1]) beside a JSON of the same stem
-        whose ``response_marker`` (text) says where responses start; end-of-turn tokens are excluded."""
-        from safetensors.torch import load_file
-
-        path = Path(head_path)
-        tensors = load_file(str(path))
-        meta_path = path.with_suffix(".json")
-        meta: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
-        marker_text = meta.get("response_marker", "")
-        marker = tokenizer(marker_text, add_special_tokens=False)["input_ids"] if marker_text else []
-        excluded = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-        return cls(
-            backbone,
-            tensors["weight"],
-            tensors["bias"],
-            response_marker=marker,
-            excluded_ids=excluded,
-            name=name or meta.get("name", path.stem),
-        )
 
     @property
     def device(self) -> torch.device:
