@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["RewardContext", "RewardError", "RewardModel", "RewardSession", "SegmentScore"]
+__all__ = ["RewardContext", "RewardError", "RewardModel", "RewardSession", "SegmentScore", "TokenEmbeddingReward"]
 
 
 class RewardError(RuntimeError):
@@ -104,3 +104,34 @@ class RewardModel(ABC):
 
     def check_vocabulary(self, policy_vocab_size: int) -> None:  # noqa: B027 - optional hook
         """Raise ValueError when the reward cannot read the policy's token ids."""
+
+
+class TokenEmbeddingReward(RewardModel):
+    """A reward that reads token ids through its input-embedding matrix (``_embedding``, set by the subclass):
+    it embeds ids, scores candidates as E[v]·gradient, and refuses a policy vocabulary its matrix lacks."""
+
+    _embedding: Any  # the model's input-embedding module (get_input_embeddings())
+    _reads: str = "its embedding"
+    _vocabulary_hint: str = "the exact gradient path needs the policy's tokenizer"
+
+    @property
+    def device(self) -> torch.device:
+        device: torch.device = self._embedding.weight.device
+        return device
+
+    def embed(self, ids: Sequence[int]) -> torch.Tensor:
+        """Input embeddings [1, len(ids), hidden] of ``ids``."""
+        embeds: torch.Tensor = self._embedding(torch.tensor([list(ids)], device=self.device))
+        return embeds
+
+    def candidate_scores(self, gradient: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        rows = self._embedding.weight[token_ids.to(self.device)].float()
+        return rows @ gradient.to(rows.device).float()
+
+    def check_vocabulary(self, policy_vocab_size: int) -> None:
+        rows = self._embedding.weight.shape[0]
+        if rows < policy_vocab_size:
+            raise ValueError(
+                f"reward model {self.name!r}: {self._reads} has {rows} rows but the policy's vocabulary has "
+                f"{policy_vocab_size} tokens; {self._vocabulary_hint}"
+            )

@@ -45,7 +45,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from .base import RewardContext, RewardError, RewardModel, RewardSession, SegmentScore
+from .base import RewardContext, RewardError, RewardModel, RewardSession, SegmentScore, TokenEmbeddingReward
 
 __all__ = [
     "BridgeAlignment",
@@ -471,7 +471,7 @@ def make_reward(rm: RewardModel, rm_tokenizer: Any, policy_tokenizer: Any, **bri
     return TokenizerBridgeReward(rm, rm_tokenizer, policy_tokenizer, **bridge_options)
 
 
-class MeanPooledEncoderReward(RewardModel):
+class MeanPooledEncoderReward(TokenEmbeddingReward):
     """``reward = weight · pool(encoder(ids)) + bias`` over the encoder's own token ids.
 
     ``pool`` is the mean of the final hidden states over all tokens (special ones included, as
@@ -481,6 +481,8 @@ class MeanPooledEncoderReward(RewardModel):
     call runs the whole sequence (no prefix cache). Wrap it in :class:`TokenizerBridgeReward` to steer a
     policy of another vocabulary.
     """
+
+    _vocabulary_hint = "wrap it in TokenizerBridgeReward (see make_reward)"
 
     differentiable = True
 
@@ -512,20 +514,8 @@ class MeanPooledEncoderReward(RewardModel):
         self.pad_token_id = pad_token_id
         self.name = name
 
-    @property
-    def device(self) -> torch.device:
-        return self._embedding.weight.device
-
     def get_input_embeddings(self) -> Any:
         return self._embedding
-
-    def check_vocabulary(self, policy_vocab_size: int) -> None:
-        rows = self._embedding.weight.shape[0]
-        if rows < policy_vocab_size:
-            raise ValueError(
-                f"reward model {self.name!r}: its embedding has {rows} rows but the policy's vocabulary has "
-                f"{policy_vocab_size} tokens; wrap it in TokenizerBridgeReward (see make_reward)"
-            )
 
     def token_type_ids(self, ids: Sequence[int]) -> list[int] | None:
         """Pair token types rebuilt from the ids (None: the encoder has no token types to set)."""
@@ -585,10 +575,6 @@ class MeanPooledEncoderReward(RewardModel):
             reward = self.reward_from_embeddings(embeds, mask, self._types([ids], len(ids)))[0]
             (grad,) = torch.autograd.grad(reward, embeds)
         return float(reward.detach()), grad[0, list(positions)].float()
-
-    def candidate_scores(self, gradient: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-        rows = self._embedding.weight[token_ids.to(self.device)].float()
-        return rows @ gradient.to(rows.device).float()
 
     def open_session(self, context: RewardContext | None = None) -> RewardSession:
         return _EncoderSession(self)

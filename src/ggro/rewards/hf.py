@@ -17,7 +17,7 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
 from .._compat import cache_kwargs
 from ._session import CausalPrefixSession
-from .base import RewardContext, RewardError, RewardModel, RewardSession
+from .base import RewardContext, RewardError, RewardSession, TokenEmbeddingReward
 
 __all__ = ["HFRewardModel"]
 
@@ -31,7 +31,7 @@ def _drop_inputs_embeds_pooling_warning(record: logging.LogRecord) -> bool:
 logging.getLogger("transformers.modeling_layers").addFilter(_drop_inputs_embeds_pooling_warning)
 
 
-class HFRewardModel(RewardModel):
+class HFRewardModel(TokenEmbeddingReward):
     """Wraps a sequence-classification model with one output (the reward)."""
 
     def __init__(self, model: PreTrainedModel, *, name: str | None = None, use_prefix_cache: bool | None = None):
@@ -69,24 +69,8 @@ class HFRewardModel(RewardModel):
             model.config.pad_token_id = model.config.eos_token_id if isinstance(model.config.eos_token_id, int) else 0
         return cls(model, name=str(model_id_or_path))
 
-    @property
-    def device(self) -> torch.device:
-        return self._embedding.weight.device
-
-    def check_vocabulary(self, policy_vocab_size: int) -> None:
-        rows = self._embedding.weight.shape[0]
-        if rows < policy_vocab_size:
-            raise ValueError(
-                f"reward model {self.name!r}: its embedding has {rows} rows but the policy's vocabulary has "
-                f"{policy_vocab_size} tokens; the exact gradient path needs the policy's tokenizer"
-            )
-
     def open_session(self, context: RewardContext | None = None) -> RewardSession:
         return _HFSession(self)
-
-    def candidate_scores(self, gradient: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-        rows = self._embedding.weight[token_ids.to(self.device)].float()
-        return rows @ gradient.to(rows.device).float()
 
     def score(self, sequences: Sequence[Sequence[int]]) -> list[float]:
         """Batched rewards. A causal RM pools at its last token, so rows are left-padded; an encoder (BERT-like)
@@ -138,9 +122,6 @@ class HFRewardModel(RewardModel):
                 f"reward model {self.name!r}: expected logits of shape [batch, 1], got {tuple(logits.shape)}"
             )
         return logits[:, 0]
-
-    def embed(self, ids: Sequence[int]) -> torch.Tensor:
-        return self._embedding(torch.tensor([list(ids)], device=self.device))
 
 
 class _HFSession(CausalPrefixSession):

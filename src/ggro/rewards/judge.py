@@ -26,7 +26,7 @@ import torch
 from .._compat import cache_kwargs
 from ..segments import common_prefix_length
 from ._session import CausalPrefixSession
-from .base import RewardContext, RewardError, RewardModel, RewardSession, SegmentScore
+from .base import RewardContext, RewardError, RewardSession, SegmentScore, TokenEmbeddingReward
 
 __all__ = ["DEFAULT_QUESTION", "DEFAULT_TEMPLATE", "LMJudgeReward"]
 
@@ -44,7 +44,7 @@ when the tokenizer has a chat template; otherwise followed by ``PLAIN_ANSWER_CUE
 PLAIN_ANSWER_CUE = "\nAnswer:"
 
 
-class LMJudgeReward(RewardModel):
+class LMJudgeReward(TokenEmbeddingReward):
     """``log p(yes) - log p(no)`` of a causal LM asked ``question`` about (prompt, response).
 
     Args:
@@ -69,6 +69,9 @@ class LMJudgeReward(RewardModel):
         use_prefix_cache: keep the KV cache of the accepted prefix per session (exact for causal LMs).
         name: the reward's name in events and errors.
     """
+
+    _reads = "the judge's embedding"
+    _vocabulary_hint = "the judge reads the policy's token ids, so it needs the policy's tokenizer"
 
     def __init__(
         self,
@@ -162,9 +165,6 @@ class LMJudgeReward(RewardModel):
         )
 
     # ------------------------------------------------------------------ layout of the judge's input
-    @property
-    def device(self) -> torch.device:
-        return self._embedding.weight.device
 
     def prefix_ids(self, prompt_text: str) -> list[int]:
         """``head + prompt + middle``: the judge's input before the response."""
@@ -202,9 +202,6 @@ class LMJudgeReward(RewardModel):
         # Subtract in float32: two close bf16 logits would lose most of their difference.
         return logits[..., self.yes_id].float() - logits[..., self.no_id].float()
 
-    def embed(self, ids: Sequence[int]) -> torch.Tensor:
-        return self._embedding(torch.tensor([list(ids)], device=self.device))
-
     def _model(self, **kwargs: Any) -> Any:
         try:
             return self.model(**kwargs)
@@ -212,21 +209,9 @@ class LMJudgeReward(RewardModel):
             raise RewardError(f"reward model {self.name!r} failed: {exc}") from exc
 
     # ------------------------------------------------------------------ RewardModel
-    def check_vocabulary(self, policy_vocab_size: int) -> None:
-        rows = self._embedding.weight.shape[0]
-        if rows < policy_vocab_size:
-            raise ValueError(
-                f"reward model {self.name!r}: the judge's embedding has {rows} rows but the policy's vocabulary "
-                f"has {policy_vocab_size} tokens; the judge reads the policy's token ids, so it needs the "
-                "policy's tokenizer"
-            )
 
     def open_session(self, context: RewardContext | None = None) -> RewardSession:
         return _JudgeSession(self, context)
-
-    def candidate_scores(self, gradient: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-        rows = self._embedding.weight[token_ids.to(self.device)].float()
-        return rows @ gradient.to(rows.device).float()
 
     def score(self, sequences: Sequence[Sequence[int]], *, context: RewardContext | None = None) -> list[float]:
         """Rewards of whole policy sequences (prompt + response), one batch, no gradients. The prompt is

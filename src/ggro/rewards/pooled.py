@@ -16,7 +16,7 @@ import torch
 
 from .._compat import cache_kwargs
 from ._session import CausalPrefixSession
-from .base import RewardContext, RewardError, RewardModel, RewardSession
+from .base import RewardContext, RewardError, RewardSession, TokenEmbeddingReward
 
 __all__ = ["MeanPooledHeadReward", "response_start"]
 
@@ -33,7 +33,7 @@ def response_start(ids: Sequence[int], marker: Sequence[int]) -> int:
     return 0
 
 
-class MeanPooledHeadReward(RewardModel):
+class MeanPooledHeadReward(TokenEmbeddingReward):
     """``reward = weight · mean(h_t for response tokens t) + bias`` on a decoder-only backbone.
 
     ``backbone`` is a base transformer returning ``last_hidden_state`` (e.g. ``LlamaModel``; a causal LM's
@@ -67,21 +67,6 @@ class MeanPooledHeadReward(RewardModel):
         self.excluded_ids = frozenset(int(x) for x in excluded_ids)
         self.name = name
 
-    @property
-    def device(self) -> torch.device:
-        return self._embedding.weight.device
-
-    def check_vocabulary(self, policy_vocab_size: int) -> None:
-        rows = self._embedding.weight.shape[0]
-        if rows < policy_vocab_size:
-            raise ValueError(
-                f"reward model {self.name!r}: its embedding has {rows} rows but the policy's vocabulary has "
-                f"{policy_vocab_size} tokens; the exact gradient path needs the policy's tokenizer"
-            )
-
-    def embed(self, ids: Sequence[int]) -> torch.Tensor:
-        return self._embedding(torch.tensor([list(ids)], device=self.device))
-
     def pooling_mask(self, ids: Sequence[int]) -> torch.Tensor:
         """[len(ids)] float32: 1 where a position is pooled (response token, not end-of-turn)."""
         start = response_start(ids, self.response_marker)
@@ -95,10 +80,6 @@ class MeanPooledHeadReward(RewardModel):
 
     def open_session(self, context: RewardContext | None = None) -> RewardSession:
         return _PooledSession(self)
-
-    def candidate_scores(self, gradient: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-        rows = self._embedding.weight[token_ids.to(self.device)].float()
-        return rows @ gradient.to(rows.device).float()
 
     def _hidden(self, **kwargs: Any) -> torch.Tensor:
         try:
