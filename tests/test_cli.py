@@ -100,3 +100,17 @@ def test_bad_option_value_is_a_clear_error(tiny_paths, capsys: pytest.CaptureFix
     assert code == 2
     err = capsys.readouterr().err
     assert "refinement_steps" in err and "greater than or equal to 1" in err
+
+
+def test_demo_prints_greedy_and_ggro_with_both_rewards(tiny_paths, capsys: pytest.CaptureFixture[str]) -> None:
+    from ggro.prompts import DEMO_PROMPTS
+
+    policy, reward = tiny_paths
+    code = main(["demo", "--policy", str(policy), "--reward", str(reward), "--max-new-tokens", "12"])
+    out = capsys.readouterr().out
+    assert code == 0
+    for kind, prompt in DEMO_PROMPTS:
+        assert f"> [{kind}] {prompt}" in out
+    assert out.count("  greedy (guidance ") == out.count("  GGRO   (guidance ") == len(DEMO_PROMPTS)
+    assert "gold n/a" not in out  # the held-out judge scored every response
+    assert "| harmful | 3 |" in out and "| benign | 3 |" in out and "| all | 6 |" in out
