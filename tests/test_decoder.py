@@ -200,6 +200,8 @@ class _Wrapped(RewardModel):
                         return SegmentScore(float("nan"), score.gradient)
                     if outer.mode == "inf":
                         return SegmentScore(float("inf"), score.gradient)
+                    if outer.mode == "nograd":
+                        return SegmentScore(score.reward, None)
                     if outer.mode == "nangrad" and score.gradient is not None:
                         return SegmentScore(score.reward, torch.full_like(score.gradient, float("nan")))
                 return score
@@ -237,6 +239,13 @@ def test_nonfinite_reward_can_raise() -> None:
     cfg = GGROConfig(entropy_threshold=0.5, max_new_tokens=30, nonfinite_reward="raise")
     dec = GGRODecoder(tiny_llama(), TinyTokenizer(), _Wrapped("nan", after=0), cfg)
     with pytest.raises(RewardError, match="non-finite reward"):
+        dec.generate_ids([PROMPTS[0]])
+
+
+def test_missing_gradient_is_a_clear_error() -> None:
+    cfg = GGROConfig(entropy_threshold=0.5, max_new_tokens=30)
+    dec = GGRODecoder(tiny_llama(), TinyTokenizer(), _Wrapped("nograd", after=0), cfg)
+    with pytest.raises(RewardError, match="'broken-nograd' returned no gradient for a finite reward"):
         dec.generate_ids([PROMPTS[0]])
 
 

@@ -483,7 +483,8 @@ class GGRODecoder:
             top_k = torch.topk(plan.insertion_logits, min(cfg.nudge_top_k, plan.insertion_logits.shape[-1])).indices
             current = cand.tokens[plan.offset]
             if self.reward.differentiable:
-                assert score.gradient is not None
+                if score.gradient is None:
+                    raise RewardError(f"reward model {self.reward.name!r} returned no gradient for a finite reward")
                 if not torch.isfinite(score.gradient).all():
                     if cfg.nonfinite_reward == "raise":
                         raise RewardError(f"reward model {self.reward.name!r} returned a non-finite gradient")
