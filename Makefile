@@ -31,7 +31,7 @@ reference-check: install
 	$(VENV)/bin/ggro reference-check ../shared/fixtures/reference
 
 compare: install
-	$(VENV)/bin/ggro compare --harmful 40 --benign 40 --max-new-tokens 48 --out docs/rewards.md \
+	$(VENV)/bin/ggro compare --harmful 40 --benign 40 --max-new-tokens 32 --batch-size 8 --out docs/rewards.md \
 		--jsonl docs/results/rewards.jsonl
 
 train-reward: install
