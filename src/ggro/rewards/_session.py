@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .._compat import crop_detached, crop_to, new_cache, output_cache
+from .._compat import cache_kwargs, crop_detached, crop_to, new_cache, output_cache
 from ..segments import common_prefix_length
 from .base import RewardError, RewardSession, SegmentScore
 
@@ -47,6 +47,20 @@ class CausalPrefixSession(RewardSession):
         """The cache was rolled back to ``length`` positions."""
 
     # -- shared machinery
+    def _call_model(self, embeds: torch.Tensor, cache: Any, past: int, **extra: Any) -> Any:
+        """Feed ``embeds`` after ``past`` cached positions (``cache`` None: a fresh pass from position 0)."""
+        length = embeds.shape[1]
+        kwargs: dict[str, Any] = {
+            "inputs_embeds": embeds,
+            "attention_mask": torch.ones(1, past + length, dtype=torch.long, device=embeds.device),
+            "position_ids": torch.arange(past, past + length, device=embeds.device)[None],
+            **extra,
+        }
+        if cache is not None:
+            kwargs.update(cache_kwargs(self.model, cache))
+            kwargs["use_cache"] = True
+        return self.model(**kwargs)
+
     def _forward(self, embeds: torch.Tensor, cache: Any, past: int) -> Any:
         self.calls += 1
         self.tokens_processed += embeds.shape[1]

@@ -15,7 +15,6 @@ from typing import Any
 import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
-from .._compat import cache_kwargs
 from ._session import CausalPrefixSession
 from .base import RewardContext, RewardError, RewardSession, TokenEmbeddingReward
 
@@ -135,14 +134,7 @@ class _HFSession(CausalPrefixSession):
         return self.rm.score(sequences)
 
     def _call(self, embeds: torch.Tensor, cache: Any, past: int) -> Any:
-        length = embeds.shape[1]
-        mask = torch.ones(1, past + length, dtype=torch.long, device=embeds.device)
-        kwargs: dict[str, Any] = {"inputs_embeds": embeds, "attention_mask": mask}
-        if cache is not None:
-            kwargs.update(cache_kwargs(self.model, cache))
-            kwargs["use_cache"] = True
-            kwargs["position_ids"] = torch.arange(past, past + length, device=embeds.device)[None]
-        return self.model(**kwargs)
+        return self._call_model(embeds, cache, past)
 
     def _reward(self, output: Any, ids: Sequence[int], start: int) -> torch.Tensor:
         return self.rm.pooled_reward(output.logits)

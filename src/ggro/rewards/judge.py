@@ -282,17 +282,8 @@ class _JudgeSession(CausalPrefixSession):
         self.base = rm.prefix_ids(context.prompt_text if context is not None else "")
 
     def _call(self, embeds: torch.Tensor, cache: Any, past: int) -> Any:
-        length = embeds.shape[1]
-        kwargs: dict[str, Any] = {
-            "inputs_embeds": embeds,
-            "attention_mask": torch.ones(1, past + length, dtype=torch.long, device=embeds.device),
-            "position_ids": torch.arange(past, past + length, device=embeds.device)[None],
-            "logits_to_keep": 1,  # only the answer's logits are read: never [length x vocab]
-        }
-        if cache is not None:
-            kwargs.update(cache_kwargs(self.model, cache))
-            kwargs["use_cache"] = True
-        return self.model(**kwargs)
+        # Only the answer's logits are read: never [length x vocab].
+        return self._call_model(embeds, cache, past, logits_to_keep=1)
 
     def _reward(self, output: Any, ids: Sequence[int], start: int) -> torch.Tensor:
         return self.rm.answer_margin(output.logits[0, -1]).reshape(1)

@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 
-from .._compat import cache_kwargs
 from ._session import CausalPrefixSession
 from .base import RewardContext, RewardError, RewardSession, TokenEmbeddingReward
 
@@ -130,16 +129,7 @@ class _PooledSession(CausalPrefixSession):
         return self.rm.score(sequences)
 
     def _call(self, embeds: torch.Tensor, cache: Any, past: int) -> Any:
-        length = embeds.shape[1]
-        kwargs: dict[str, Any] = {
-            "inputs_embeds": embeds,
-            "attention_mask": torch.ones(1, past + length, dtype=torch.long, device=embeds.device),
-            "position_ids": torch.arange(past, past + length, device=embeds.device)[None],
-        }
-        if cache is not None:
-            kwargs.update(cache_kwargs(self.model, cache))
-            kwargs["use_cache"] = True
-        return self.model(**kwargs)
+        return self._call_model(embeds, cache, past)
 
     def _prefix_extended(self, output: Any, start: int) -> None:
         fed = output.last_hidden_state[0].detach().float()
