@@ -464,6 +464,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _refusal_diagnostic(answered: Array, refused: Array) -> dict[str, Any]:
+    """How often a head scores the on-topic answer of an everyday objective above the canned refusal (printed)."""
+    n_diag = len(answered)
+    diagnostic = {
+        "what": f"{n_diag} everyday objectives of the refusal sets: their on-topic answer vs the canned "
+        f"refusal {CANNED_REFUSAL!r}",
+        "share_answer_above_refusal": float(np.mean(answered > refused)),
+        "mean_reward_answer": float(answered.mean()),
+        "mean_reward_refusal": float(refused.mean()),
+    }
+    print(
+        f"diagnostic: answer outranks a canned refusal on {diagnostic['share_answer_above_refusal']:.3f} of "
+        f"{n_diag} everyday objectives (mean reward answer {diagnostic['mean_reward_answer']:.4f}, "
+        f"refusal {diagnostic['mean_reward_refusal']:.4f})"
+    )
+    return diagnostic
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.folds < 2:
@@ -559,18 +577,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         base = len(rows)
         answered = head(features_all.full[base : base + n_diag])
         refused = head(features_all.full[base + n_diag : base + 2 * n_diag])
-        diagnostic = {
-            "what": f"{n_diag} everyday objectives of the refusal sets: their on-topic answer vs the canned "
-            f"refusal {CANNED_REFUSAL!r}",
-            "share_answer_above_refusal": float(np.mean(answered > refused)),
-            "mean_reward_answer": float(answered.mean()),
-            "mean_reward_refusal": float(refused.mean()),
-        }
-        print(
-            f"diagnostic: answer outranks a canned refusal on {diagnostic['share_answer_above_refusal']:.3f} of "
-            f"{n_diag} everyday objectives (mean reward answer {diagnostic['mean_reward_answer']:.4f}, "
-            f"refusal {diagnostic['mean_reward_refusal']:.4f})"
-        )
+        diagnostic = _refusal_diagnostic(answered, refused)
         x_design, _ = features.design(np.arange(len(halves["guidance"])), np.zeros(len(halves["guidance"])))
         meta = {
             "name": GUIDANCE_HEAD_NAME,
@@ -642,18 +649,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         base = len(rows)
         answered = probe(embeddings_all[base : base + n_diag])
         refused = probe(embeddings_all[base + n_diag : base + 2 * n_diag])
-        diagnostic = {
-            "what": f"{n_diag} everyday objectives of the refusal sets: their on-topic answer vs the canned "
-            f"refusal {CANNED_REFUSAL!r}",
-            "share_answer_above_refusal": float(np.mean(answered > refused)),
-            "mean_reward_answer": float(answered.mean()),
-            "mean_reward_refusal": float(refused.mean()),
-        }
-        print(
-            f"diagnostic: answer outranks a canned refusal on {diagnostic['share_answer_above_refusal']:.3f} of "
-            f"{n_diag} everyday objectives (mean reward answer {diagnostic['mean_reward_answer']:.4f}, "
-            f"refusal {diagnostic['mean_reward_refusal']:.4f})"
-        )
+        diagnostic = _refusal_diagnostic(answered, refused)
         meta = {
             "name": GOLD_PROBE_NAME,
             "format": 1,
