@@ -8,9 +8,11 @@ reproduces the authors' release bit for bit (see :meth:`GGROConfig.reference`).
 
 from __future__ import annotations
 
-from typing import Literal
+import copy
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 
 __all__ = ["GGROConfig", "ValidationError"]
 
@@ -109,6 +111,12 @@ class GGROConfig(BaseModel):
         if any(not s for s in self.stop_sequences):
             raise ValueError("stop_sequences: every stop sequence must be a non-empty string")
         return self
+
+    @classmethod
+    def field_definitions(cls) -> dict[str, tuple[Any, FieldInfo]]:
+        """Every option as a ``pydantic.create_model`` definition (annotation, a copy of its ``FieldInfo`` with
+        default, bounds and description), so framework wrappers expose each one as a field of their own."""
+        return {name: (info.annotation, copy.deepcopy(info)) for name, info in cls.model_fields.items()}
 
     @classmethod
     def reference(cls, **overrides: object) -> GGROConfig:

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ._aio import AsyncDecoding
 from ._batch import FeedRequest, PolicyBatch
 from .config import GGROConfig
 from .events import GGROEvent, GGROResult, Listener, NudgeEvent, SegmentEvent, Timing, Usage
@@ -199,6 +200,38 @@ class GGRODecoder:
         ids = [self.encode_prompt(p, chat_template=chat_template) for p in batch]
         return self.stream_ids(ids, config=cfg, listener=listener, prompt_texts=[_prompt_text(p) for p in batch])
 
+    def astream(
+        self,
+        prompts: PromptInput | Sequence[PromptInput],
+        *,
+        config: GGROConfig | None = None,
+        listener: Listener | None = None,
+        chat_template: bool | None = None,
+        **overrides: Any,
+    ) -> AsyncDecoding:
+        """Async :meth:`stream`: ``async for event in decoder.astream(...)``; the decoding runs in a worker
+        thread so the event loop stays free, and ``.results`` holds the results at the end. Bad input
+        raises here, before any work starts."""
+        return AsyncDecoding(
+            self.stream(prompts, config=config, listener=listener, chat_template=chat_template, **overrides)
+        )
+
+    async def agenerate(
+        self,
+        prompts: PromptInput | Sequence[PromptInput],
+        *,
+        config: GGROConfig | None = None,
+        listener: Listener | None = None,
+        chat_template: bool | None = None,
+        **overrides: Any,
+    ) -> list[GGROResult]:
+        """Async :meth:`generate` (the decoding runs in a worker thread)."""
+        run = self.astream(prompts, config=config, listener=listener, chat_template=chat_template, **overrides)
+        async for _ in run:
+            pass
+        assert run.results is not None
+        return run.results
+
     def generate_ids(
         self, prompt_ids: Sequence[Sequence[int]], *, config: GGROConfig | None = None, listener: Listener | None = None
     ) -> list[GGROResult]:
@@ -372,8 +405,11 @@ class GGRODecoder:
                 first_segment_time = time.perf_counter() - started
             text_now = self._response_text(ids[response_start:], cfg)
             if not done:
-                # A character split across segments decodes as U+FFFD until its last byte arrives: hold it back.
+                # A character split across segments decodes as U+FFFD until its last byte arrives, and a stop
+                # sequence may begin in this segment and end in the next: hold both back, so the streamed
+                # deltas always add up to the final text.
                 text_now = text_now.rstrip("\ufffd")
+                text_now = text_now[: len(text_now) - _stop_prefix_length(text_now, cfg.stop_sequences)]
             common_text = common_prefix_length(response_text, text_now)
             delta = text_now[common_text:]
             response_text = response_text[:common_text] + delta
@@ -695,6 +731,17 @@ def _drain(stream: Generator[GGROEvent, None, list[GGROResult]]) -> list[GGRORes
         except StopIteration as stop:
             results: list[GGROResult] = stop.value
             return results
+
+
+def _stop_prefix_length(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest end of ``text`` that a stop sequence starts with (0: none)."""
+    longest = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:n]):
+                longest = n
+                break
+    return longest
 
 
 def _finite(x: float) -> bool:

