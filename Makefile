@@ -7,11 +7,13 @@ TORCH_PIN ?= torch==2.13.0
 
 .PHONY: demo test lint bench reference-check compare train-reward install
 
-$(VENV)/.installed: pyproject.toml
+INTEGRATIONS := integrations/langchain-ggro
+
+$(VENV)/.installed: pyproject.toml $(addsuffix /pyproject.toml,$(INTEGRATIONS))
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_PIN)"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev]" $(foreach pkg,$(INTEGRATIONS),-e "$(pkg)[test]")
 	touch $@
 
 install: $(VENV)/.installed
@@ -19,10 +21,13 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/ggro demo --max-new-tokens 64
 
+# The core suite, then each integration package's own suite (run from its folder: its own conftest and config).
 test: install
 	$(PY) -m pytest -q
-	$(VENV)/bin/ruff check src tests
+	set -e; for pkg in $(INTEGRATIONS); do (cd $$pkg && $(CURDIR)/$(PY) -m pytest -q); done
+	$(VENV)/bin/ruff check src tests $(INTEGRATIONS)
 	$(VENV)/bin/mypy
+	set -e; for pkg in $(INTEGRATIONS); do (cd $$pkg && $(CURDIR)/$(VENV)/bin/mypy); done
 
 bench: install
 	$(VENV)/bin/ggro bench --out docs/benchmarks.md
