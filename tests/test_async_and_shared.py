@@ -106,3 +106,16 @@ def test_shared_decoder_loads_once_per_models(tmp_path: Path) -> None:
     assert loaded.token_ids == direct.token_ids  # the saved folders hold the same tiny models
     with pytest.raises(ValueError, match="dtype"):
         shared_decoder(policy_dir, reward_dir, dtype="float33")
+
+
+def test_entropy_profile_matches_the_entropies_the_decoder_saw(decoder: GGRODecoder) -> None:
+    result = decoder.generate("Hello there", **OPTIONS)[0]
+    profile = decoder.entropy_profile(result.prompt_token_ids, result.token_ids)
+    assert len(profile) == len(result.token_ids)
+    for segment in result.segments[:-1]:
+        # The entropy that ended a segment is the one before the next segment's first token.
+        next_start = segment.start_position + len(segment.token_ids)
+        assert segment.entropy_at_end is not None
+        assert abs(profile[next_start] - segment.entropy_at_end) < 1e-4
+    for nudge in result.nudges:
+        assert abs(profile[nudge.insertion_position] - nudge.entropy) < 1e-4

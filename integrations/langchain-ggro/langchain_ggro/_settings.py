@@ -188,6 +188,7 @@ def generation_info(result: GGROResult) -> dict[str, Any]:
         "token_usage": usage_of(result),
         "ggro": result.summary(),
         NUDGES_KEY: [nudge_payload(n) for n in result.nudges],
+        "token_ids": list(result.token_ids),  # e.g. for `decoder.entropy_profile` in analyses
     }
 
 

@@ -41,7 +41,7 @@ from .callbacks import (
     nudge_sender,
 )
 
-__all__ = ["ChatGGRO"]
+__all__ = ["ChatGGRO", "to_chat_messages"]
 
 # LangChain's `_generate_with_cache` decides to stream with the run manager in hand, then calls `_stream`
 # without it; `_should_stream` leaves it here and `_stream` takes it (once), so nudges reach that run.
