@@ -1,4 +1,5 @@
-# The README's two commands: `make demo` (main job: greedy vs GGRO on the embedded defaults) and `make test`.
+# The README's two commands: `make demo` (main job: the flagship cookbook, a LangChain RAG chain answered greedily
+# and with GGRO on the embedded default models) and `make test`.
 # Both create .venv on first use. torch is pinned first so pip never resolves a multi-GB CUDA build here.
 PYTHON ?= python3
 VENV := .venv
@@ -9,23 +10,25 @@ TORCH_PIN ?= torch==2.13.0
 
 INTEGRATIONS := integrations/langchain-ggro
 
-$(VENV)/.installed: pyproject.toml $(addsuffix /pyproject.toml,$(INTEGRATIONS))
+$(VENV)/.installed: pyproject.toml $(addsuffix /pyproject.toml,$(INTEGRATIONS)) cookbooks/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_PIN)"
-	$(PY) -m pip install --quiet -e ".[dev]" $(foreach pkg,$(INTEGRATIONS),-e "$(pkg)[test]")
+	$(PY) -m pip install --quiet -e ".[dev]" $(foreach pkg,$(INTEGRATIONS),-e "$(pkg)[test]") -r cookbooks/requirements.txt
 	touch $@
 
 install: $(VENV)/.installed
 
+# Output: cookbooks/output/langchain_rag.{json,md} and the entropy plot cookbooks/output/langchain_rag_entropy.png.
 demo: install
-	$(VENV)/bin/ggro demo --max-new-tokens 64
+	$(PY) cookbooks/langchain_rag/rag_chain.py
 
 # The core suite, then each integration package's own suite (run from its folder: its own conftest and config).
 test: install
 	$(PY) -m pytest -q
 	set -e; for pkg in $(INTEGRATIONS); do (cd $$pkg && $(CURDIR)/$(PY) -m pytest -q); done
-	$(VENV)/bin/ruff check src tests $(INTEGRATIONS)
+	cd cookbooks && $(CURDIR)/$(PY) -m pytest -q tests
+	$(VENV)/bin/ruff check src tests $(INTEGRATIONS) cookbooks
 	$(VENV)/bin/mypy
 	set -e; for pkg in $(INTEGRATIONS); do (cd $$pkg && $(CURDIR)/$(VENV)/bin/mypy); done
 

@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: cookbooks run headless
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 
 @dataclass
@@ -48,6 +49,7 @@ def plot_entropy(traces: Sequence[EntropyTrace], threshold: float, path: Path, t
             )  # fmt: skip
         ax.set_title(trace.label, fontsize=9, loc="left")
         ax.set_ylabel("entropy (nats)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     axes[-1, 0].set_xlabel("response token")
     fig.suptitle(title, fontsize=11)
