@@ -122,7 +122,8 @@ class GGROSettings(_GGROConfigFields):
             if name in values and name != key:
                 del values[name]  # the alias given here replaces the decoder's value
             values[key] = value
-        values.setdefault("model_id", str(getattr(decoder.policy, "name_or_path", "") or "custom"))
+        if "model" not in values and "model_id" not in values:
+            values["model_id"] = str(getattr(decoder.policy, "name_or_path", "") or "custom")
         instance = cls(**values)
         instance._decoder = decoder
         return instance

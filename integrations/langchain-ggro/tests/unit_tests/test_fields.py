@@ -39,3 +39,18 @@ def test_identifying_params_hold_the_full_configuration() -> None:
     params = ChatGGRO(refinement_steps=3)._identifying_params
     assert params["refinement_steps"] == 3 and params["model_id"] == "SmolLM2-135M-Instruct"
     assert set(GGROConfig.model_fields) <= set(params)
+
+
+def test_from_decoder_takes_the_decoders_config_and_overrides() -> None:
+    from ggro.testing import tiny_decoder
+
+    decoder = tiny_decoder(config=GGROConfig(refinement_steps=4, max_new_tokens=20))
+    chat = ChatGGRO.from_decoder(decoder, model="tiny-chat", max_tokens=10, stop=["x"])
+    assert (chat.model_name, chat.refinement_steps, chat.max_new_tokens, chat.stop_sequences) == (
+        "tiny-chat",
+        4,
+        10,
+        ["x"],
+    )
+    assert chat.decoder is decoder
+    assert GGROLLM.from_decoder(decoder).model_name == "custom"  # a model built in memory has no name or path
