@@ -20,7 +20,15 @@ from pydantic import (
 if TYPE_CHECKING:
     from ggro import GGRODecoder, GGROResult
 
-__all__ = ["EMBEDDED_MODEL_NAME", "PROVIDER", "GGROSettings", "final_chunk_info", "generation_info", "usage_of"]
+__all__ = [
+    "EMBEDDED_MODEL_NAME",
+    "PROVIDER",
+    "WRAPPER_CONFIG",
+    "GGROSettings",
+    "final_chunk_info",
+    "generation_info",
+    "usage_of",
+]
 
 PROVIDER = "ggro"
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -45,12 +53,17 @@ _PER_CALL_ALIASES = {"max_tokens": "max_new_tokens"}
 _CONSTRUCTOR_ALIASES = {"max_tokens": "max_new_tokens", "stop": "stop_sequences", "model": "model_id"}
 
 
+WRAPPER_CONFIG = ConfigDict(
+    extra="forbid", populate_by_name=True, arbitrary_types_allowed=True, protected_namespaces=()
+)
+"""Set again on each wrapper class: LangChain's base classes come later in the MRO and would otherwise make
+unknown arguments silently ignored (their `extra` wins over ours)."""
+
+
 class GGROSettings(_GGROConfigFields):
     """Fields and decoder handling shared by the LLM and the chat model."""
 
-    model_config = ConfigDict(
-        extra="forbid", populate_by_name=True, arbitrary_types_allowed=True, protected_namespaces=()
-    )
+    model_config = WRAPPER_CONFIG
 
     model_id: str | None = Field(
         default=None,
@@ -175,7 +188,8 @@ class GGROSettings(_GGROConfigFields):
             params["ls_stop"] = list(stops)
         return params
 
-    def identifying_params(self) -> dict[str, Any]:
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
         config = self.ggro_config().model_dump()
         return {"model_id": self.model_name, "reward_model": self.reward_model, **config}
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from ggro import NudgeEvent
@@ -43,20 +43,12 @@ def nudge_payload(event: NudgeEvent) -> dict[str, Any]:
     return event.model_dump(mode="json")
 
 
-def _manager_of(run_manager: CallbackManagerForLLMRun) -> CallbackManager:
-    return CallbackManager(
-        handlers=run_manager.handlers,
-        inheritable_handlers=run_manager.inheritable_handlers,
-        parent_run_id=run_manager.run_id,
-        tags=run_manager.tags,
-        inheritable_tags=run_manager.inheritable_tags,
-        metadata=run_manager.metadata,
-        inheritable_metadata=run_manager.inheritable_metadata,
-    )
+_Manager = TypeVar("_Manager", CallbackManager, AsyncCallbackManager)
 
 
-def _async_manager_of(run_manager: AsyncCallbackManagerForLLMRun) -> AsyncCallbackManager:
-    return AsyncCallbackManager(
+def _manager_of(run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun, cls: type[_Manager]) -> _Manager:
+    """A callback manager over the run's handlers, parented to the run (run managers cannot send custom events)."""
+    return cls(
         handlers=run_manager.handlers,
         inheritable_handlers=run_manager.inheritable_handlers,
         parent_run_id=run_manager.run_id,
@@ -70,7 +62,7 @@ def _async_manager_of(run_manager: AsyncCallbackManagerForLLMRun) -> AsyncCallba
 def nudge_sender(run_managers: Sequence[CallbackManagerForLLMRun | None]) -> Callable[[NudgeEvent], None]:
     """A function that sends a nudge of batch row ``i`` to the handlers of ``run_managers[i]`` (the last one
     when there are fewer managers than rows, as when LangChain passes one manager for a whole batch)."""
-    managers = [(_manager_of(rm), rm.run_id) if rm is not None else None for rm in run_managers]
+    managers = [(_manager_of(rm, CallbackManager), rm.run_id) if rm is not None else None for rm in run_managers]
 
     def send(event: NudgeEvent) -> None:
         if not managers:
@@ -89,7 +81,7 @@ async def asend_nudge(run_managers: Sequence[AsyncCallbackManagerForLLMRun | Non
         return
     run_manager = run_managers[min(event.sequence_index, len(run_managers) - 1)]
     if run_manager is not None:
-        await _async_manager_of(run_manager).on_custom_event(
+        await _manager_of(run_manager, AsyncCallbackManager).on_custom_event(
             NUDGE_EVENT, nudge_payload(event), run_id=run_manager.run_id
         )
 

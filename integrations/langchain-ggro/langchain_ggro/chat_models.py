@@ -29,9 +29,8 @@ from langchain_core.messages import (
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import RunnableConfig, ensure_config
-from pydantic import ConfigDict
 
-from ._settings import PROVIDER, GGROSettings, final_chunk_info, generation_info
+from ._settings import PROVIDER, WRAPPER_CONFIG, GGROSettings, final_chunk_info, generation_info
 from .callbacks import (
     NUDGES_KEY,
     AsyncStreamNudgeRelay,
@@ -73,17 +72,11 @@ class ChatGGRO(GGROSettings, BaseChatModel):
         ```
     """
 
-    model_config = ConfigDict(
-        extra="forbid", populate_by_name=True, arbitrary_types_allowed=True, protected_namespaces=()
-    )
+    model_config = WRAPPER_CONFIG
 
     @property
     def _llm_type(self) -> str:
         return "ggro-chat"
-
-    @property
-    def _identifying_params(self) -> dict[str, Any]:
-        return self.identifying_params()
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         return LangSmithParams(**self.ls_params("chat", stop, **kwargs))  # type: ignore[typeddict-item]

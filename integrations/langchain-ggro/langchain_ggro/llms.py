@@ -10,9 +10,9 @@ from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackMana
 from langchain_core.language_models import BaseLLM
 from langchain_core.language_models.base import LangSmithParams
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult, RunInfo
-from pydantic import ConfigDict, Field
+from pydantic import Field
 
-from ._settings import GGROSettings, final_chunk_info, generation_info
+from ._settings import WRAPPER_CONFIG, GGROSettings, final_chunk_info, generation_info
 from .callbacks import NUDGES_KEY, asend_nudge, nudge_payload, nudge_sender
 
 __all__ = ["GGROLLM"]
@@ -36,9 +36,7 @@ class GGROLLM(GGROSettings, BaseLLM):
         ```
     """
 
-    model_config = ConfigDict(
-        extra="forbid", populate_by_name=True, arbitrary_types_allowed=True, protected_namespaces=()
-    )
+    model_config = WRAPPER_CONFIG
 
     chat_template: bool | None = Field(
         default=None,
@@ -49,10 +47,6 @@ class GGROLLM(GGROSettings, BaseLLM):
     @property
     def _llm_type(self) -> str:
         return "ggro"
-
-    @property
-    def _identifying_params(self) -> dict[str, Any]:
-        return self.identifying_params()
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         return LangSmithParams(**self.ls_params("llm", stop, **kwargs))  # type: ignore[typeddict-item]
