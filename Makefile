@@ -8,7 +8,7 @@ TORCH_PIN ?= torch==2.13.0
 
 .PHONY: demo test lint bench reference-check compare train-reward install
 
-INTEGRATIONS := integrations/langchain-ggro
+INTEGRATIONS := integrations/langchain-ggro integrations/llama-index-llms-ggro
 
 $(VENV)/.installed: pyproject.toml $(addsuffix /pyproject.toml,$(INTEGRATIONS)) cookbooks/requirements.txt
 	$(PYTHON) -m venv $(VENV)
