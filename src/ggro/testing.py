@@ -60,7 +60,7 @@ def _config(tokenizer: PreTrainedTokenizerBase, std: float, **extra: Any) -> Lla
         num_attention_heads=4,
         num_key_value_heads=2,
         intermediate_size=64,
-        max_position_embeddings=1024,
+        max_position_embeddings=4096,  # room for framework prompt templates at one token per character
         initializer_range=std,
         pad_token_id=tokenizer.pad_token_id,
         **extra,

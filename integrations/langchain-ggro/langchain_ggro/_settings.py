@@ -86,10 +86,6 @@ class GGROSettings(_GGROConfigFields):
 
     _decoder: GGRODecoder | None = None
 
-    if TYPE_CHECKING:  # generated from GGROConfig above; declared here for type checkers only
-        max_new_tokens: int
-        stop_sequences: list[str]
-
     @model_validator(mode="before")
     @classmethod
     def _one_name_per_field(cls, values: Any) -> Any:
@@ -176,13 +172,14 @@ class GGROSettings(_GGROConfigFields):
     def ls_params(self, model_type: Literal["llm", "chat"], stop: list[str] | None, **kwargs: Any) -> dict[str, Any]:
         """LangSmith's standard parameters for this call (provider, model, greedy temperature, budget, stops)."""
         model = kwargs.get("model")
-        stops = stop or self.stop_sequences or None
+        config = self.ggro_config()
+        stops = stop or config.stop_sequences or None
         params: dict[str, Any] = {
             "ls_provider": PROVIDER,
             "ls_model_name": model if isinstance(model, str) else self.model_name,
             "ls_model_type": model_type,
             "ls_temperature": 0.0,
-            "ls_max_tokens": kwargs.get("max_new_tokens", kwargs.get("max_tokens", self.max_new_tokens)),
+            "ls_max_tokens": kwargs.get("max_new_tokens", kwargs.get("max_tokens", config.max_new_tokens)),
         }
         if stops:
             params["ls_stop"] = list(stops)
