@@ -111,7 +111,7 @@ def test_shared_decoder_loads_once_per_models(tmp_path: Path) -> None:
 def test_entropy_profile_matches_the_entropies_the_decoder_saw(decoder: GGRODecoder) -> None:
     result = decoder.generate("Hello there", **OPTIONS)[0]
     profile = decoder.entropy_profile(result.prompt_token_ids, result.token_ids)
-    assert len(profile) == len(result.token_ids)
+    assert len(profile) == len(result.token_ids) + 1  # one more: the distribution after the last token
     for segment in result.segments[:-1]:
         # The entropy that ended a segment is the one before the next segment's first token.
         next_start = segment.start_position + len(segment.token_ids)

@@ -165,17 +165,17 @@ class GGRODecoder:
     def entropy_profile(
         self, prompt_token_ids: Sequence[int], token_ids: Sequence[int], probability_floor: float | None = None
     ) -> list[float]:
-        """The policy's next-token entropy (nats) before each response token: one forward pass over prompt +
-        response (``GGROResult.prompt_token_ids`` and ``.token_ids``). Where a segment ended, the value is the
-        one that ended it; at a nudge's insertion position, the entropy the nudge was proposed at."""
-        if not token_ids:
-            return []
+        """The policy's next-token entropy (nats) along a response (``GGROResult.prompt_token_ids`` and
+        ``.token_ids``), from one forward pass: value ``i`` is the entropy of the distribution response token
+        ``i`` was chosen from, and one more value follows the last token (where the end-of-turn token, which
+        ``token_ids`` leaves out, was chosen). Where a segment ended, the value is the one that ended it; at a
+        nudge's insertion position, the entropy the nudge was proposed at."""
         floor = self.config.entropy_probability_floor if probability_floor is None else probability_floor
         ids = torch.tensor([[*prompt_token_ids, *token_ids]], device=self.policy.device)
         with torch.no_grad():
             logits = self.policy(input_ids=ids).logits[0]
         start = len(prompt_token_ids) - 1  # logits at position i predict token i + 1
-        return [token_entropy(logits[start + i], floor) for i in range(len(token_ids))]
+        return [token_entropy(logits[start + i], floor) for i in range(len(token_ids) + 1)]
 
     def _check_length(self, ids: list[int]) -> list[int]:
         if not ids:
