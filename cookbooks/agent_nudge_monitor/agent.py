@@ -239,7 +239,7 @@ def run(tiny: bool = False, max_tokens: int = 48, questions: list[str] | None = 
                 ],
             }
         )
-    threshold = chat.entropy_threshold  # type: ignore[attr-defined]
+    threshold = chat.entropy_threshold
     return {
         "models": "tiny" if tiny else "default",
         "model_name": chat.model_name,

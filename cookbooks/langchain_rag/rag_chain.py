@@ -140,7 +140,7 @@ def run(tiny: bool = False, max_tokens: int = 48, questions: list[str] | None = 
     return {
         "models": "tiny" if tiny else "default",
         "model_name": chat.model_name,
-        "entropy_threshold": chat.entropy_threshold,  # type: ignore[attr-defined]
+        "entropy_threshold": chat.entropy_threshold,
         "answers": rows,
         "traces": traces,
     }

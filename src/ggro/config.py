@@ -12,32 +12,33 @@ import copy
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic.fields import FieldInfo
 
-__all__ = ["GGROConfig", "ValidationError"]
+__all__ = ["GGROConfig", "GGROOptions", "ValidationError"]
 
 
-class GGROConfig(BaseModel):
-    """Configuration of one GGRO decoding run (paper defaults)."""
+class GGROOptions(BaseModel):
+    """Every option of a GGRO decoding run, with the paper's defaults, bounds and descriptions.
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    :class:`GGROConfig` adds the checks across options and the presets. The framework wrappers (LangChain,
+    LlamaIndex) inherit this class, so each option is a field of theirs, visible to IDEs and type checkers.
+    """
 
     entropy_threshold: float = Field(
-        1.5,
+        default=1.5,
         ge=0.0,
         le=20.0,
         description="A segment ends where the policy's next-token entropy (nats, temperature 1) reaches this "
         "value. Paper presets: 1.5 for safety/helpfulness, 2.0 for reasoning.",
     )
     min_segment_tokens: int = Field(
-        4,
+        default=4,
         ge=1,
         le=4096,
         description="Tokens a segment must reach, counting the high-entropy token that is handed on to the next "
         "segment, before entropy may end it (the release's rule: at least min_segment_tokens - 1 are kept).",
     )
     first_insertion_offset: int = Field(
-        0,
+        default=0,
         ge=0,
         le=4096,
         description="Insertion position of the nudge in the first segment of a response (later segments use 0). "
@@ -45,54 +46,57 @@ class GGROConfig(BaseModel):
         "whose generation prompt already holds the header, the faithful equivalent is 0 (our default).",
     )
     refinement_steps: int = Field(
-        8,
+        default=8,
         ge=1,
         le=64,
         description="Candidates per segment, the unnudged draft included (paper: 8; 3 for the 3B model on some "
         "tasks). 1 disables nudging (plain greedy decoding).",
     )
     nudge_top_k: int = Field(
-        25, ge=1, le=1024, description="A nudge is chosen among the policy's top-k tokens at the insertion position."
+        default=25,
+        ge=1,
+        le=1024,
+        description="A nudge is chosen among the policy's top-k tokens at the insertion position.",
     )
     nudge_temperature: float = Field(
-        0.1,
+        default=0.1,
         gt=0.0,
         le=100.0,
         description="Temperature applied to the gradient scores before choosing (only matters with sampling).",
     )
     nudge_selection: Literal["greedy", "sample"] = Field(
-        "greedy", description="'greedy': argmax of the gradient score; 'sample': softmax(score / temperature)."
+        default="greedy", description="'greedy': argmax of the gradient score; 'sample': softmax(score / temperature)."
     )
     nudge_score_baseline: Literal["current", "zero"] = Field(
-        "current",
+        default="current",
         description="'current': a candidate v scores (E[v] - E[current]) . dr/de, the first-order reward change of "
         "the swap, so the current token is the natural 'no change' at 0. 'zero' (release): the current token's "
         "score is multiplied by 1e-10 and the others are not offset.",
     )
-    max_new_tokens: int = Field(256, ge=1, le=131072, description="Token budget of a response.")
+    max_new_tokens: int = Field(default=256, ge=1, le=131072, description="Token budget of a response.")
     seed: int | None = Field(
-        None, ge=0, description="Seed for nudge sampling; decoding is otherwise deterministic (greedy)."
+        default=None, ge=0, description="Seed for nudge sampling; decoding is otherwise deterministic (greedy)."
     )
     max_nudges: int | None = Field(
-        None, ge=0, description="Upper bound on nudged segments per response (None: unbounded)."
+        default=None, ge=0, description="Upper bound on nudged segments per response (None: unbounded)."
     )
     speculative_refinement: bool = Field(
-        True,
+        default=True,
         description="Verify a refinement's continuation against earlier candidates in one forward pass. Outputs "
         "are the same with it on or off; only the number of policy forward passes changes.",
     )
     retokenize_between_segments: bool = Field(
-        False,
+        default=False,
         description="Release quirk: join segments through text (decode, then re-tokenise), so ids can change "
         "between segments and the budget is counted after the round trip.",
     )
     final_reward_before_eos: bool = Field(
-        False,
+        default=False,
         description="Release quirk: read the final reward of a finished response at the token before the "
         "end-of-turn token (HF last-non-pad pooling with pad = eos).",
     )
     entropy_probability_floor: float = Field(
-        1e-9,
+        default=1e-9,
         ge=0.0,
         le=1e-3,
         description="Probabilities are clamped to at least this value when computing entropy (the release uses 1e-9).",
@@ -101,10 +105,16 @@ class GGROConfig(BaseModel):
         default_factory=list, description="Generation stops where any of these strings begins; it is cut there."
     )
     nonfinite_reward: Literal["skip", "raise"] = Field(
-        "skip",
+        default="skip",
         description="What a NaN/inf reward does: 'skip' (that candidate never wins, the draft stands, the segment "
         "event says so) or 'raise' (RewardError).",
     )
+
+
+class GGROConfig(GGROOptions):
+    """Configuration of one GGRO decoding run (paper defaults), validated as a whole."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
     @model_validator(mode="after")
     def _check_consistency(self) -> GGROConfig:
@@ -113,10 +123,13 @@ class GGROConfig(BaseModel):
         return self
 
     @classmethod
-    def field_definitions(cls) -> dict[str, tuple[Any, FieldInfo]]:
-        """Every option as a ``pydantic.create_model`` definition (annotation, a copy of its ``FieldInfo`` with
-        default, bounds and description), so framework wrappers expose each one as a field of their own."""
-        return {name: (info.annotation, copy.deepcopy(info)) for name, info in cls.model_fields.items()}
+    def field(cls, name: str, **changes: Any) -> Any:
+        """A copy of option ``name``'s field (default, bounds, description), with ``changes`` applied (e.g. a
+        ``validation_alias``), to redeclare the option in a wrapper."""
+        info = copy.deepcopy(cls.model_fields[name])
+        for key, value in changes.items():
+            setattr(info, key, value)
+        return info
 
     @classmethod
     def reference(cls, **overrides: object) -> GGROConfig:

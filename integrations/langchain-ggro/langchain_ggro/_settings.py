@@ -3,16 +3,14 @@ the lazily loaded, process-shared decoder, and the per-call configuration."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from ggro.config import GGROConfig
+from ggro.config import GGROConfig, GGROOptions
 from pydantic import (
     AliasChoices,
-    BaseModel,
     ConfigDict,
     Field,
     ValidationError,
-    create_model,
     field_validator,
     model_validator,
 )
@@ -35,20 +33,6 @@ EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
 """Reported as the model name when no ``model_id`` is given (the embedded default policy)."""
 
 
-def _config_fields() -> dict[str, Any]:
-    fields: dict[str, Any] = GGROConfig.field_definitions()
-    # LangChain's standard parameter names are accepted too (`max_tokens`, `stop`).
-    fields["max_new_tokens"][1].validation_alias = AliasChoices("max_new_tokens", "max_tokens")
-    fields["stop_sequences"][1].validation_alias = AliasChoices("stop_sequences", "stop")
-    return fields
-
-
-_GGROConfigFields: type[BaseModel] = create_model(
-    "_GGROConfigFields",
-    __doc__="Every GGROConfig option, as a field (descriptions, defaults and bounds from GGROConfig).",
-    **_config_fields(),
-)
-
 _PER_CALL_ALIASES = {"max_tokens": "max_new_tokens"}
 _CONSTRUCTOR_ALIASES = {"max_tokens": "max_new_tokens", "stop": "stop_sequences", "model": "model_id"}
 
@@ -60,10 +44,19 @@ WRAPPER_CONFIG = ConfigDict(
 unknown arguments silently ignored (their `extra` wins over ours)."""
 
 
-class GGROSettings(_GGROConfigFields):
-    """Fields and decoder handling shared by the LLM and the chat model."""
+class GGROSettings(GGROOptions):
+    """Fields and decoder handling shared by the LLM and the chat model: every GGRO option (inherited from
+    :class:`ggro.config.GGROOptions`), the models to load, and LangChain's standard parameters."""
 
-    model_config = WRAPPER_CONFIG
+    model_config: ClassVar[ConfigDict] = ConfigDict(**WRAPPER_CONFIG)
+
+    # LangChain's standard parameter names are accepted too.
+    max_new_tokens: int = GGROConfig.field(
+        "max_new_tokens", validation_alias=AliasChoices("max_new_tokens", "max_tokens")
+    )
+    stop_sequences: list[str] = GGROConfig.field(
+        "stop_sequences", validation_alias=AliasChoices("stop_sequences", "stop")
+    )
 
     model_id: str | None = Field(
         default=None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextvars import ContextVar
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 from ggro import GGROResult
 from langchain_core.callbacks import (
@@ -29,6 +29,7 @@ from langchain_core.messages import (
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import RunnableConfig, ensure_config
+from pydantic import ConfigDict
 
 from ._settings import PROVIDER, WRAPPER_CONFIG, GGROSettings, final_chunk_info, generation_info
 from .callbacks import (
@@ -72,7 +73,7 @@ class ChatGGRO(GGROSettings, BaseChatModel):
         ```
     """
 
-    model_config = WRAPPER_CONFIG
+    model_config: ClassVar[ConfigDict] = ConfigDict(**WRAPPER_CONFIG)
 
     @property
     def _llm_type(self) -> str:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from ggro import GGROEvent, GGROResult
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseLLM
 from langchain_core.language_models.base import LangSmithParams
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult, RunInfo
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from ._settings import WRAPPER_CONFIG, GGROSettings, final_chunk_info, generation_info
 from .callbacks import NUDGES_KEY, asend_nudge, nudge_payload, nudge_sender
@@ -36,7 +36,7 @@ class GGROLLM(GGROSettings, BaseLLM):
         ```
     """
 
-    model_config = WRAPPER_CONFIG
+    model_config: ClassVar[ConfigDict] = ConfigDict(**WRAPPER_CONFIG)
 
     chat_template: bool | None = Field(
         default=None,

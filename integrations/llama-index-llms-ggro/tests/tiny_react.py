@@ -74,9 +74,7 @@ def agent_inputs(tool: BaseTool) -> list[tuple[list[ChatMessage], list[str]]]:
     fmt = formatter()
     pairs = [(fmt.format([tool], user, []), [tool_call(f) for f in FORKS])]
     for fork in FORKS:  # the first turn's thought, as the agent parses it, is in the second turn's input
-        action = ActionReasoningStep(
-            thought=f"I need a tool{fork}", action="weather", action_input={"city": CITY}
-        )
+        action = ActionReasoningStep(thought=f"I need a tool{fork}", action="weather", action_input={"city": CITY})
         steps = [action, ObservationReasoningStep(observation=OBSERVATION)]
         pairs.append((fmt.format([tool], user, steps), [final_answer(f) for f in FORKS]))
     return pairs

@@ -21,7 +21,7 @@ from llama_index.core.base.llms.types import (
     MessageRole,
     TextBlock,
 )
-from llama_index.core.bridge.pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model
+from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, ValidationError
 from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.span import active_span_id
@@ -30,6 +30,7 @@ from llama_index.core.llms.custom import CustomLLM
 from llama_index.core.llms.llm import default_completion_to_prompt
 
 from ggro import GGROConfig, GGROEvent, GGROResult, NudgeEvent
+from ggro.config import GGROOptions
 from ggro.decoder import PromptInput
 from ggro.events import Listener
 
@@ -53,14 +54,8 @@ _PER_CALL_ALIASES = {"max_tokens": "max_new_tokens"}
 # Chat templates know system/user/assistant; LlamaIndex's other names for the same roles are mapped to them.
 _ROLE_NAMES = {MessageRole.DEVELOPER: "system", MessageRole.CHATBOT: "assistant", MessageRole.MODEL: "assistant"}
 
-_GGROConfigFields: type[BaseModel] = create_model(
-    "_GGROConfigFields",
-    __doc__="Every GGROConfig option, as a field (descriptions, defaults and bounds from GGROConfig).",
-    **GGROConfig.field_definitions(),
-)
 
-
-class GGRO(_GGROConfigFields, CustomLLM):
+class GGRO(GGROOptions, CustomLLM):
     """A local Hugging Face causal LM decoded with GGRO: while decoding, the reward model's gradient nudges
     the policy where it is unsure, and the best-rewarded version of each segment is kept.
 
@@ -212,9 +207,7 @@ class GGRO(_GGROConfigFields, CustomLLM):
         return CompletionResponse(text=result.text, raw=self._raw(result), additional_kwargs=self._info(result))
 
     @llm_completion_callback()
-    async def astream_complete(
-        self, prompt: str, formatted: bool = False, **kwargs: Any
-    ) -> CompletionResponseAsyncGen:
+    async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
         span_id = active_span_id.get()
         config = self._config(kwargs)
         await self.aload()  # before anything reads the tokenizer: never load on the event loop
