@@ -1,0 +1,76 @@
+"""The baselines GGRO is measured against: greedy, Best-of-N and ARGS, on tiny models."""
+
+from __future__ import annotations
+
+import pytest
+
+from ggro import GGRODecoder
+from ggro.eval import args_decode, best_of_n, greedy
+from ggro.testing import tiny_decoder
+
+PROMPT = "Hello there"
+
+
+@pytest.fixture(scope="module")
+def decoder() -> GGRODecoder:
+    return tiny_decoder()
+
+
+def reward_of(decoder: GGRODecoder, prompt_ids: list[int], ids: list[int]) -> float:
+    return decoder.reward.score([prompt_ids + ids])[0]
+
+
+def test_greedy_is_ggro_without_nudges(decoder: GGRODecoder) -> None:
+    out = greedy(decoder, PROMPT, 24)
+    result = decoder.generate(PROMPT, max_new_tokens=24, refinement_steps=1)[0]
+    assert out.token_ids == result.token_ids and out.text == result.text
+    assert out.guidance_reward == pytest.approx(reward_of(decoder, out.prompt_token_ids, out.token_ids), abs=1e-4)
+
+
+def test_args_with_zero_weight_is_greedy_and_with_weight_raises_the_reward(decoder: GGRODecoder) -> None:
+    plain = greedy(decoder, PROMPT, 24)
+    unweighted = args_decode(decoder, PROMPT, 24, k=10, w=0.0)
+    assert unweighted.token_ids == plain.token_ids  # argmax of the logits alone
+    # Only the final reward (a prefix pass and a last-token pass): w = 0 needs no per-token scoring.
+    assert unweighted.reward_calls <= 2
+    steered = args_decode(decoder, PROMPT, 24, k=10, w=1.0)
+    assert steered.token_ids != plain.token_ids
+    assert steered.guidance_reward is not None and plain.guidance_reward is not None
+    assert steered.guidance_reward > plain.guidance_reward
+    assert steered.guidance_reward == pytest.approx(
+        reward_of(decoder, steered.prompt_token_ids, steered.token_ids), abs=1e-4
+    )
+    assert steered.policy_forward_passes == 24 and steered.reward_calls >= 24 * 10
+
+
+def test_args_first_token_maximises_logit_plus_reward(decoder: GGRODecoder) -> None:
+    import torch
+
+    out = args_decode(decoder, PROMPT, 1, k=5, w=2.0)
+    ids = out.prompt_token_ids
+    with torch.no_grad():
+        logits = decoder.policy(input_ids=torch.tensor([ids])).logits[0, -1]
+    top = torch.topk(logits, 5)
+    scores = [float(v) + 2.0 * reward_of(decoder, ids, [int(t)]) for v, t in zip(top.values, top.indices, strict=True)]
+    assert out.token_ids == [int(top.indices[max(range(5), key=scores.__getitem__)])]
+
+
+def test_best_of_n_keeps_the_best_rewarded_sample_and_is_seeded(decoder: GGRODecoder) -> None:
+    four = best_of_n(decoder, PROMPT, 4, 24, seed=3)
+    again = best_of_n(decoder, PROMPT, 4, 24, seed=3)
+    assert again.token_ids == four.token_ids  # same seed, same samples
+    assert four.candidates == 4 and four.policy_forward_passes == 24 and four.reward_calls == 1
+    assert four.guidance_reward == pytest.approx(reward_of(decoder, four.prompt_token_ids, four.token_ids), abs=1e-4)
+    assert len(set(four.candidate_texts)) == 4  # four different samples
+    assert four.guidance_reward == max(four.candidate_rewards)
+    assert four.text == four.candidate_texts[four.candidate_rewards.index(max(four.candidate_rewards))]
+    assert best_of_n(decoder, PROMPT, 4, 24, seed=4).candidate_texts != four.candidate_texts
+
+
+def test_bad_arguments(decoder: GGRODecoder) -> None:
+    with pytest.raises(ValueError, match="n: must be at least 1"):
+        best_of_n(decoder, PROMPT, 0, 8)
+    with pytest.raises(ValueError, match="k: must be at least 1"):
+        args_decode(decoder, PROMPT, 8, k=0)
+    with pytest.raises(ValueError, match="prompt: must be a non-empty string"):
+        args_decode(decoder, " ", 8)
