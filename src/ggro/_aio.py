@@ -1,4 +1,5 @@
-"""Async iteration over a decoding run that executes in a worker thread, so the event loop never blocks."""
+"""Iterating a decoding run and keeping its results: in the caller's thread (:class:`Decoding`), or in a
+worker thread so the event loop never blocks (:class:`AsyncDecoding`)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,24 @@ from typing import Any
 
 from .events import GGROEvent, GGROResult
 
-__all__ = ["AsyncDecoding"]
+__all__ = ["AsyncDecoding", "Decoding"]
 
 _EVENT, _DONE, _ERROR = "event", "done", "error"
+
+
+class Decoding:
+    """``for event in run`` yields the segment and nudge events of ``GGRODecoder.stream(...)``; ``run.results``
+    holds one result per prompt once the loop has ended. ``close()`` ends the run early."""
+
+    def __init__(self, stream: Generator[GGROEvent, None, list[GGROResult]]) -> None:
+        self._stream = stream
+        self.results: list[GGROResult] | None = None
+
+    def __iter__(self) -> Generator[GGROEvent, None, None]:
+        self.results = yield from self._stream
+
+    def close(self) -> None:
+        self._stream.close()
 
 
 class AsyncDecoding:
@@ -46,18 +62,17 @@ class AsyncDecoding:
                 stop.set()
 
         def work() -> None:
+            run = Decoding(self._stream)
             try:
-                while not stop.is_set():
-                    try:
-                        event = next(self._stream)
-                    except StopIteration as finished:
-                        post(_DONE, finished.value)
+                for event in run:
+                    if stop.is_set():
                         return
                     post(_EVENT, event)
+                post(_DONE, run.results)
             except BaseException as error:  # handed to the awaiting side, which re-raises it
                 post(_ERROR, error)
             finally:
-                self._stream.close()
+                run.close()
 
         worker = threading.Thread(target=work, name="ggro-decode", daemon=True)
         worker.start()

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ._aio import AsyncDecoding
+from ._aio import AsyncDecoding, Decoding
 from ._batch import FeedRequest, PolicyBatch
 from .config import GGROConfig
 from .events import GGROEvent, GGROResult, Listener, NudgeEvent, SegmentEvent, Timing, Usage
@@ -740,12 +740,11 @@ def _prompt_text(prompt: PromptInput) -> str:
 
 def _drain(stream: Generator[GGROEvent, None, list[GGROResult]]) -> list[GGROResult]:
     """Run a decoding stream to its end (events still reach the listener) and return its results."""
-    while True:
-        try:
-            next(stream)
-        except StopIteration as stop:
-            results: list[GGROResult] = stop.value
-            return results
+    run = Decoding(stream)
+    for _ in run:
+        pass
+    assert run.results is not None
+    return run.results
 
 
 def _stop_prefix_length(text: str, stops: Sequence[str]) -> int:

@@ -7,6 +7,7 @@ from contextvars import ContextVar
 from typing import Any, ClassVar, cast
 
 from ggro import GGROResult
+from ggro.decoder import Decoding
 from langchain_core.callbacks import (
     AsyncCallbackManager,
     AsyncCallbackManagerForLLMRun,
@@ -124,16 +125,11 @@ class ChatGGRO(GGROSettings, BaseChatModel):
         if run_manager is None and isinstance(handed, CallbackManagerForLLMRun):
             run_manager = handed
         conversation = to_chat_messages(messages)
-        stream = self.decoder.stream([conversation], config=self.ggro_config(stop, **_options(kwargs)))
+        run = Decoding(self.decoder.stream([conversation], config=self.ggro_config(stop, **_options(kwargs))))
         send = nudge_sender([run_manager] if run_manager else [])
         nudges: list[dict[str, Any]] = []
         try:
-            while True:
-                try:
-                    event = next(stream)
-                except StopIteration as done:
-                    result: GGROResult = done.value[0]
-                    break
+            for event in run:
                 if event.kind == "nudge":
                     send(event)  # without a run manager, the stream's relay handler sends it from the chunk
                     nudges.append(nudge_payload(event))
@@ -141,8 +137,9 @@ class ChatGGRO(GGROSettings, BaseChatModel):
                 yield _segment_chunk(event.text, nudges)
                 nudges = []
         finally:
-            stream.close()
-        yield self._last_chunk(result)
+            run.close()
+        assert run.results is not None
+        yield self._last_chunk(run.results[0])
 
     async def _astream(
         self,

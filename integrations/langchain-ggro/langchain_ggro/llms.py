@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, ClassVar
 
 from ggro import GGROEvent, GGROResult
+from ggro.decoder import Decoding
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseLLM
 from langchain_core.language_models.base import LangSmithParams
@@ -115,15 +116,10 @@ class GGROLLM(GGROSettings, BaseLLM):
     ) -> Iterator[GenerationChunk]:
         config = self.ggro_config(stop, **kwargs)
         send = nudge_sender([run_manager] if run_manager else [])
-        stream = self.decoder.stream(prompt, config=config, chat_template=self.chat_template)
+        run = Decoding(self.decoder.stream(prompt, config=config, chat_template=self.chat_template))
         nudges: list[dict[str, Any]] = []
         try:
-            while True:
-                try:
-                    event = next(stream)
-                except StopIteration as done:
-                    result: GGROResult = done.value[0]
-                    break
+            for event in run:
                 if event.kind == "nudge":
                     send(event)
                     nudges.append(nudge_payload(event))
@@ -134,24 +130,23 @@ class GGROLLM(GGROSettings, BaseLLM):
                     run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                 yield chunk
         finally:
-            stream.close()
-        yield GenerationChunk(text="", generation_info=final_chunk_info(result))
+            run.close()
+        assert run.results is not None
+        yield GenerationChunk(text="", generation_info=final_chunk_info(run.results[0]))
 
     def _stream_to_result(
         self, prompt: str, stop: list[str] | None, run_manager: CallbackManagerForLLMRun | None, **kwargs: Any
     ) -> GGROResult:
-        stream = self.decoder.stream(prompt, config=self.ggro_config(stop, **kwargs), chat_template=self.chat_template)
+        config = self.ggro_config(stop, **kwargs)
+        run = Decoding(self.decoder.stream(prompt, config=config, chat_template=self.chat_template))
         send = nudge_sender([run_manager] if run_manager else [])
-        while True:
-            try:
-                event = next(stream)
-            except StopIteration as done:
-                result: GGROResult = done.value[0]
-                return result
+        for event in run:
             if event.kind == "nudge":
                 send(event)
             elif run_manager:
                 run_manager.on_llm_new_token(event.text, chunk=GenerationChunk(text=event.text))
+        assert run.results is not None
+        return run.results[0]
 
     # ------------------------------------------------------------------ async (decoding runs in a worker thread)
     async def _agenerate(

@@ -31,7 +31,7 @@ from llama_index.core.llms.llm import default_completion_to_prompt
 
 from ggro import GGROConfig, GGROEvent, GGROResult, NudgeEvent
 from ggro.config import GGROOptions
-from ggro.decoder import PromptInput
+from ggro.decoder import Decoding, PromptInput
 from ggro.events import Listener
 
 from .events import GGRONudgeEvent
@@ -382,13 +382,9 @@ class GGRO(GGROOptions, CustomLLM):
         """(cumulative text, delta, nudges since the last chunk, result on the last chunk) per accepted segment.
         The last segment's chunk waits for the result (it is ready by then) so that it carries the usage."""
         text, held, nudges = "", "", []
+        run = Decoding(stream)
         try:
-            while True:
-                try:
-                    event = next(stream)
-                except StopIteration as done:
-                    result: GGROResult = done.value[0]
-                    break
+            for event in run:
                 if event.kind == "nudge":
                     self._dispatch_nudge(event, span_id)
                     nudges.append(event)
@@ -400,8 +396,9 @@ class GGRO(GGROOptions, CustomLLM):
                     yield text, event.text, nudges, None
                     nudges = []
         finally:
-            stream.close()
-        yield text, held, nudges, result
+            run.close()
+        assert run.results is not None
+        yield text, held, nudges, run.results[0]
 
     async def _achunks(
         self,
