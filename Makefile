@@ -28,7 +28,7 @@ test: install
 	$(PY) -m pytest -q
 	set -e; for pkg in $(INTEGRATIONS); do (cd $$pkg && $(CURDIR)/$(PY) -m pytest -q); done
 	cd cookbooks && $(CURDIR)/$(PY) -m pytest -q tests
-	$(VENV)/bin/ruff check src tests $(INTEGRATIONS) cookbooks
+	$(VENV)/bin/ruff check src tests scripts $(INTEGRATIONS) cookbooks
 	$(VENV)/bin/mypy
 	set -e; for pkg in $(INTEGRATIONS); do (cd $$pkg && $(CURDIR)/$(VENV)/bin/mypy); done
 

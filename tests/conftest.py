@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import TypeVar
 
@@ -112,3 +113,17 @@ def fixtures_dir() -> Path:
     if env:
         return Path(env)
     return Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "reference"
+
+
+# Inputs tried by the property-based tests (test_properties.py), per kind and outcome; reported at the end.
+PROPERTY_COUNTS: defaultdict[str, Counter[str]] = defaultdict(Counter)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not PROPERTY_COUNTS:
+        return
+    parts = []
+    for kind, counts in PROPERTY_COUNTS.items():
+        outcomes = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()) if outcome != "tried")
+        parts.append(f"{kind}={counts['tried']} ({outcomes})")
+    terminalreporter.write_line("property inputs tried: " + "; ".join(parts))

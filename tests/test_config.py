@@ -29,7 +29,7 @@ def test_paper_defaults() -> None:
         ("nudge_temperature", 0.0, "greater than 0"),
         ("nudge_selection", "best", "'greedy' or 'sample'"),
         ("max_new_tokens", 0, "greater than or equal to 1"),
-        ("min_segment_tokens", 0, "greater than or equal to 1"),
+        ("min_segment_tokens", 1, "greater than or equal to 2"),
         ("stop_sequences", [""], "non-empty"),
     ],
 )

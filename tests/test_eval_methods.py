@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ggro import GGRODecoder
-from ggro.eval import args_decode, best_of_n, greedy
+from ggro.eval import args_decode, best_of_n, best_of_n_batch, greedy, greedy_batch
 from ggro.testing import tiny_decoder
 
 PROMPT = "Hello there"
@@ -40,7 +40,8 @@ def test_args_with_zero_weight_is_greedy_and_with_weight_raises_the_reward(decod
     assert steered.guidance_reward == pytest.approx(
         reward_of(decoder, steered.prompt_token_ids, steered.token_ids), abs=1e-4
     )
-    assert steered.policy_forward_passes == 24 and steered.reward_calls >= 24 * 10
+    # One batched reward pass scores a step's 10 candidates (plus the prefix pass that extends the cache).
+    assert steered.policy_forward_passes == 24 and 24 <= steered.reward_calls <= 2 * 24 + 2
 
 
 def test_args_first_token_maximises_logit_plus_reward(decoder: GGRODecoder) -> None:
@@ -59,12 +60,45 @@ def test_best_of_n_keeps_the_best_rewarded_sample_and_is_seeded(decoder: GGRODec
     four = best_of_n(decoder, PROMPT, 4, 24, seed=3)
     again = best_of_n(decoder, PROMPT, 4, 24, seed=3)
     assert again.token_ids == four.token_ids  # same seed, same samples
-    assert four.candidates == 4 and four.policy_forward_passes == 24 and four.reward_calls == 1
+    assert four.candidates == 4 and four.policy_forward_passes == 24
+    # Equal-length samples: the prompt once, then the 4 in one batched pass (the tiny classifier pools at the
+    # last position fed, so samples cut short by an end-of-turn token are scored one by one: 2 passes each).
+    equal = len({len(t) for t in four.candidate_texts}) == 1  # the tiny tokenizer has one token per character
+    assert four.reward_calls == (2 if equal else 8)
     assert four.guidance_reward == pytest.approx(reward_of(decoder, four.prompt_token_ids, four.token_ids), abs=1e-4)
     assert len(set(four.candidate_texts)) == 4  # four different samples
     assert four.guidance_reward == max(four.candidate_rewards)
     assert four.text == four.candidate_texts[four.candidate_rewards.index(max(four.candidate_rewards))]
     assert best_of_n(decoder, PROMPT, 4, 24, seed=4).candidate_texts != four.candidate_texts
+
+
+def test_next_token_rewards_in_one_pass_equal_one_at_a_time(decoder: GGRODecoder) -> None:
+    from ggro.rewards.base import RewardContext
+
+    ids = [*decoder.encode_prompt(PROMPT), 40, 41, 42]
+    session = decoder.reward.open_session(RewardContext(tuple(ids), PROMPT, decoder.tokenizer))
+    tokens = [5, 60, 70, 80, 90]
+    batched = session.score_continuations(ids, [[v] for v in tokens])
+    calls = session.calls
+    single = [session.score_sequence([*ids, v]) for v in tokens]
+    assert batched == pytest.approx(single, abs=1e-4)
+    assert calls == 2  # the prefix, then all five candidates in one pass
+    assert len(set(batched)) == len(tokens)
+    # The session's prefix cache is left as it was: scoring again gives the same.
+    assert session.score_continuations(ids, [[v] for v in tokens]) == pytest.approx(batched, abs=1e-5)
+
+
+def test_batched_greedy_and_best_of_n_match_one_prompt_at_a_time(decoder: GGRODecoder) -> None:
+    prompts = ["Hi", "Hello there, how are you today?", PROMPT]  # different lengths: left padding
+    together = greedy_batch(decoder, prompts, 16)
+    assert [o.token_ids for o in together] == [greedy(decoder, p, 16).token_ids for p in prompts]
+    assert len({o.seconds for o in together}) == 1  # each its share of the batch
+    sampled = best_of_n_batch(decoder, prompts, 3, 16, seed=5)
+    assert [o.candidates for o in sampled] == [3, 3, 3]
+    for out in sampled:
+        assert out.guidance_reward == max(out.candidate_rewards)
+        assert out.guidance_reward == pytest.approx(reward_of(decoder, out.prompt_token_ids, out.token_ids), abs=1e-4)
+    assert [o.token_ids for o in best_of_n_batch(decoder, prompts, 3, 16, seed=5)] == [o.token_ids for o in sampled]
 
 
 def test_bad_arguments(decoder: GGRODecoder) -> None:

@@ -34,6 +34,19 @@ def _reference(rm: MeanPooledHeadReward, ids: list[int]) -> float:
     return float(torch.stack(rows).mean(0) @ rm.weight + rm.bias)
 
 
+@fp32_only("batched and full passes agree to 1e-5")
+def test_continuations_of_different_lengths_are_scored_in_one_padded_pass() -> None:
+    rm = _reward()
+    session = rm.open_session()
+    prefix = [*PROMPT, 20, 21]
+    continuations = [[30], [31, 32, 33], [], [34, EOS], [35, 36, 37, 38, 39]]
+    scores = session.score_continuations(prefix, continuations)
+    assert scores == pytest.approx([_reference(rm, prefix + c) for c in continuations], abs=1e-5)
+    # The prefix once, the four non-empty continuations in one pass, the empty one alone (the prefix itself).
+    assert session.calls == 3
+    assert session.score_continuations(prefix, [[30], [31, 32, 33]]) == pytest.approx(scores[:2], abs=1e-5)
+
+
 def test_response_start() -> None:
     assert response_start([1, 3, 4, 9, 3, 4, 7], [3, 4]) == 6
     assert response_start([1, 2], [3, 4]) == 0

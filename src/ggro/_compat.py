@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy as copy_module
 import inspect
 from functools import lru_cache
 from typing import Any
@@ -56,6 +57,13 @@ def gather_cache_slots(cache: DynamicCache, index: torch.Tensor) -> None:
         idx = index.to(keys.device)[:, None, :, None].expand(-1, keys.shape[1], -1, keys.shape[3])
         layer.keys = keys.gather(2, idx)
         layer.values = values.gather(2, idx)
+
+
+def repeated_cache(cache: DynamicCache, times: int) -> DynamicCache:
+    """A copy of a batch-1 cache repeated ``times`` along the batch (the original is left as it is)."""
+    copy = copy_module.deepcopy(cache)
+    copy.batch_repeat_interleave(times)
+    return copy
 
 
 def crop_to(cache: DynamicCache, length: int) -> None:

@@ -81,20 +81,24 @@ def _rss_now() -> float:
 
 def _cpu_peaks_in_subprocesses(args: argparse.Namespace, names: list[str]) -> tuple[float, dict[str, float]]:
     """Run each method once in its own process; returns (mean base RSS, peak RSS per method)."""
-    flags = [
-        "--prompts",
-        str(args.prompts),
-        "--max-new-tokens",
-        str(args.max_new_tokens),
-        "--refinement-steps",
-        str(args.refinement_steps),
-        "--entropy-threshold",
-        str(args.entropy_threshold),
-        "--device",
-        args.device,
-        "--dtype",
-        args.dtype,
-    ] + (["--synthetic-1b"] if args.synthetic_1b else []) + (["--tokenizer", args.tokenizer] if args.tokenizer else [])
+    flags = (
+        [
+            "--prompts",
+            str(args.prompts),
+            "--max-new-tokens",
+            str(args.max_new_tokens),
+            "--refinement-steps",
+            str(args.refinement_steps),
+            "--entropy-threshold",
+            str(args.entropy_threshold),
+            "--device",
+            args.device,
+            "--dtype",
+            args.dtype,
+        ]
+        + (["--synthetic-1b"] if args.synthetic_1b else [])
+        + (["--tokenizer", args.tokenizer] if args.tokenizer else [])
+    )
     peaks: dict[str, float] = {}
     bases = []
     for name in names:
@@ -110,9 +114,7 @@ def _cpu_peaks_in_subprocesses(args: argparse.Namespace, names: list[str]) -> tu
     return statistics.mean(bases), peaks
 
 
-def _synthetic_models(
-    device: str, dtype: torch.dtype, tokenizer_path: str | None
-) -> tuple[Any, Any, HFRewardModel]:
+def _synthetic_models(device: str, dtype: torch.dtype, tokenizer_path: str | None) -> tuple[Any, Any, HFRewardModel]:
     """A ~1B Llama-shaped policy and RM, randomly initialised (cost shape only; outputs are noise)."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 

@@ -194,6 +194,37 @@ def _cmd_reference_check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .eval.suite import GOLD_THRESHOLDS, MAIN_METHODS, PRESSURE_METHODS, evaluate, write_report
+
+    out_dir = Path(args.out_dir)
+    command = "ggro " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["eval"] else "ggro eval"
+    if args.report_only:
+        path = write_report(
+            out_dir / "eval.jsonl", out_dir, dict(GOLD_THRESHOLDS), title=args.title, settings={"command": command}
+        )
+        print(f"report: {path}")
+        return 0
+    methods = args.methods or (MAIN_METHODS + (PRESSURE_METHODS if args.pressure else []))
+    config = _config_from_args(args)
+    decoder = _build_decoder(args, config)
+    path = evaluate(
+        decoder,
+        out_dir,
+        sets=args.sets,
+        methods=methods,
+        size=args.size,
+        limit=args.limit,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        progress=not args.no_progress,
+        settings={"command": command},
+    )
+    print(f"report: {path}")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
@@ -227,6 +258,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(comp)
     _add_config_options(comp)
     comp.set_defaults(func=_cmd_compare)
+
+    ev = sub.add_parser(
+        "eval",
+        help="Greedy, Best-of-N, ARGS and GGRO over HarmBench, Do-Not-Answer, benign and RealToxicityPrompts: "
+        "JSONL per response, a markdown report and plots (resumable).",
+    )
+    ev.add_argument("--sets", nargs="+", default=["harmbench", "donotanswer", "benign", "realtoxicity"])
+    ev.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        help="Method names: greedy, bon-N, args[-kK-wW], ggro[-rR][-tT] (default: greedy bon-4 bon-16 args ggro).",
+    )
+    ev.add_argument("--pressure", action="store_true", help="Add the optimisation-pressure sweep methods.")
+    ev.add_argument("--size", type=int, default=100, help="Prompts per set (HarmBench <= 200, benign <= 100).")
+    ev.add_argument("--limit", type=int, default=None, help="Only the first N prompts of each set (quick runs).")
+    ev.add_argument("--max-new-tokens", type=int, default=16)
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--out-dir", default="docs/results")
+    ev.add_argument("--no-progress", action="store_true")
+    ev.add_argument("--report-only", action="store_true", help="Only rewrite the report from OUT_DIR/eval.jsonl.")
+    ev.add_argument("--title", default="Evaluation: greedy, Best-of-N, ARGS and GGRO", help=argparse.SUPPRESS)
+    _add_model_options(ev)
+    ev.set_defaults(func=_cmd_eval, preset="default")
 
     ref = sub.add_parser("reference-check", help="Reproduce the authors'-release fixture cases in DIR.")
     ref.add_argument("directory")

@@ -32,7 +32,7 @@ class GGROOptions(BaseModel):
     )
     min_segment_tokens: int = Field(
         default=4,
-        ge=1,
+        ge=2,
         le=4096,
         description="Tokens a segment must reach, counting the high-entropy token that is handed on to the next "
         "segment, before entropy may end it (the release's rule: at least min_segment_tokens - 1 are kept).",
@@ -75,7 +75,10 @@ class GGROOptions(BaseModel):
     )
     max_new_tokens: int = Field(default=256, ge=1, le=131072, description="Token budget of a response.")
     seed: int | None = Field(
-        default=None, ge=0, description="Seed for nudge sampling; decoding is otherwise deterministic (greedy)."
+        default=None,
+        ge=0,
+        le=2**64 - 1,
+        description="Seed for nudge sampling; decoding is otherwise deterministic (greedy).",
     )
     max_nudges: int | None = Field(
         default=None, ge=0, description="Upper bound on nudged segments per response (None: unbounded)."
@@ -108,6 +111,21 @@ class GGROOptions(BaseModel):
         default="skip",
         description="What a NaN/inf reward does: 'skip' (that candidate never wins, the draft stands, the segment "
         "event says so) or 'raise' (RewardError).",
+    )
+    reward_failure: Literal["raise", "fallback"] = Field(
+        default="raise",
+        description="What a reward model that raises or exceeds reward_timeout does: 'raise' fails the call with "
+        "RewardError (no partial text is returned; in a batch, every response of the call fails); 'fallback' keeps "
+        "the best candidate scored so far in that segment (else the draft), decodes the rest of that response "
+        "greedily without reward work, and reports it (the segment event's reward_error, the result's "
+        "reward_error).",
+    )
+    reward_timeout: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=86400.0,
+        description="Seconds one reward-model call may take before it counts as failed (see reward_failure). The "
+        "late call is abandoned: it finishes in a background thread and its result is never read. None: no limit.",
     )
 
 

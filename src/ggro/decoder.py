@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -23,6 +23,7 @@ from .config import GGROConfig
 from .events import GGROEvent, GGROResult, Listener, NudgeEvent, SegmentEvent, Timing, Usage
 from .nudging import NudgeProposal, choose_nudge, propose_nudge
 from .rewards.base import RewardContext, RewardError, RewardModel, RewardSession
+from .rewards.guard import RewardGuard
 from .segments import common_prefix_length, token_entropy
 
 __all__ = ["GGRODecoder", "PromptInput"]
@@ -143,17 +144,25 @@ class GGRODecoder:
         if isinstance(prompt, str):
             if not prompt.strip():
                 raise ValueError("prompt: must be a non-empty string")
+            _check_unicode(prompt, "prompt")
             if not use_template:
                 ids = list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
                 return self._check_length(ids)
             messages: list[dict[str, Any]] = [{"role": "user", "content": prompt}]
         else:
+            for i, m in enumerate(prompt):
+                if not isinstance(m, Mapping):
+                    raise TypeError(
+                        f"prompt: message {i} must be a dict with 'role' and 'content', got {type(m).__name__}"
+                    )
             messages = [dict(m) for m in prompt]
             if not messages:
                 raise ValueError("prompt: the message list is empty")
             for i, m in enumerate(messages):
                 if not isinstance(m.get("content"), str) or not isinstance(m.get("role"), str):
                     raise TypeError(f"prompt: message {i} needs string 'role' and 'content' fields, got {m!r}")
+                _check_unicode(m["role"], f"prompt: message {i} role")
+                _check_unicode(m["content"], f"prompt: message {i} content")
             if not any(m["content"].strip() for m in messages):
                 raise ValueError("prompt: every message is empty")
             if not getattr(self.tokenizer, "chat_template", None):
@@ -263,6 +272,8 @@ class GGRODecoder:
         """Decode token-id prompts. ``prompt_texts`` (the user's prompts as text) reach text-level rewards;
         by default they are the decoded prompts."""
         cfg = config or self.config
+        if listener is not None and not callable(listener):
+            raise TypeError(f"listener: must be callable (it receives each event), got {type(listener).__name__}")
         prompts = [self._check_length(list(p)) for p in prompt_ids]
         if not prompts:
             raise ValueError("prompts: the batch is empty")
@@ -274,6 +285,10 @@ class GGRODecoder:
         return self._schedule(prompts, contexts, cfg, listener)
 
     def _resolve_config(self, config: GGROConfig | None, overrides: dict[str, Any]) -> GGROConfig:
+        if config is not None and not isinstance(config, GGROConfig):
+            if not isinstance(config, Mapping):
+                raise TypeError(f"config: expected a GGROConfig or a dict of options, got {type(config).__name__}")
+            config = GGROConfig.model_validate(dict(config))
         base = config or self.config
         if not overrides:
             return base
@@ -286,6 +301,10 @@ class GGRODecoder:
     def _as_batch(prompts: PromptInput | Sequence[PromptInput]) -> list[PromptInput]:
         if isinstance(prompts, str):
             return [prompts]
+        if not isinstance(prompts, list | tuple):
+            raise TypeError(
+                f"prompts: expected a string, a list of chat messages or a list of those, got {type(prompts).__name__}"
+            )
         items: list[Any] = list(prompts)
         if items and all(isinstance(m, dict) for m in items):
             return [items]  # one chat conversation
@@ -362,6 +381,7 @@ class GGRODecoder:
         stats: _Stats,
         started: float,
     ) -> _Coroutine:
+        guard = RewardGuard(self.reward.name, cfg.reward_timeout)
         session = self.reward.open_session(context)
         generator = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None
         response_start = len(prompt_ids)
@@ -387,9 +407,11 @@ class GGRODecoder:
             plan = _SegmentPlan(start=len(ids), offset=offset, start_logits=next_logits)
             allow_nudges = cfg.max_nudges is None or nudges_kept < cfg.max_nudges
             steps = cfg.refinement_steps if allow_nudges else 1
+            failed_before = guard.broken
             kept_index, stopped_on_repeat, fallback = yield from self._refine_segment(
-                plan, ids, cfg, steps, budget_end, session, generator
+                plan, ids, cfg, steps, budget_end, session, generator, guard
             )
+            segment_error = str(guard.error) if guard.broken and not failed_before else None
             kept = plan.candidates[kept_index]
             finished = kept.end in ("eos", "stop_sequence")
             new_ids = ids + kept.tokens
@@ -453,12 +475,13 @@ class GGRODecoder:
                 nudged=kept_index > 0,
                 stopped_on_repeat=stopped_on_repeat,
                 reward_fallback=fallback,
+                reward_error=segment_error,
                 finished=done,
             )
             segments.append(segment_event)
             emit(segment_event)
             if done:
-                final_reward = self._final_reward(session, ids, kept, unchanged, cfg)
+                final_reward = self._final_reward(session, ids, kept, unchanged, cfg, guard)
                 break
 
         response_ids = ids[response_start:]
@@ -483,6 +506,7 @@ class GGRODecoder:
                 reward_tokens_processed=session.tokens_processed,
             ),
             timing=Timing(seconds=time.perf_counter() - started, first_segment_seconds=first_segment_time),
+            reward_error=str(guard.error) if guard.error is not None else None,
         )
 
     def _refine_segment(
@@ -494,9 +518,10 @@ class GGRODecoder:
         budget_end: int,
         session: RewardSession,
         generator: torch.Generator | None,
+        guard: RewardGuard,
     ) -> Generator[FeedRequest | _Rollback, torch.Tensor | None, tuple[int, bool, bool]]:
         """Draft, then up to ``steps - 1`` nudged refinements. Returns (kept index, stopped on repeat,
-        non-finite reward seen)."""
+        reward unusable: non-finite, or failed under reward_failure='fallback')."""
         best_index, best_reward = 0, float("-inf")
         fallback = False
         stopped_on_repeat = False
@@ -511,9 +536,18 @@ class GGRODecoder:
                 stopped_on_repeat = True
                 break
             plan.candidates.append(cand)
+            if guard.broken:
+                fallback = True  # the reward failed earlier in this response: the draft stands, unscored
+                break
             wants_proposal = r < steps - 1 and len(cand.tokens) > plan.offset
             grad_at = plan.offset if wants_proposal and self.reward.differentiable else None
-            score = session.score_segment(ids, cand.tokens, grad_at)
+            try:
+                score = guard.call(session.score_segment, ids, cand.tokens, grad_at)
+            except RewardError:
+                if cfg.reward_failure == "raise":
+                    raise
+                fallback = True
+                break
             cand.reward = score.reward
             cand.reward_terms = score.terms
             if not _finite(score.reward):
@@ -555,7 +589,13 @@ class GGRODecoder:
                 # No gradient: score each top-k variant of this candidate exactly, in one batch.
                 head, tail = cand.tokens[: plan.offset], cand.tokens[plan.offset + 1 :]
                 variants = [[*ids, *head, v, *tail] for v in top_k.tolist()]
-                exact = torch.tensor(session.score_many(variants), dtype=torch.float32)
+                try:
+                    exact = torch.tensor(guard.call(session.score_many, variants), dtype=torch.float32)
+                except RewardError:
+                    if cfg.reward_failure == "raise":
+                        raise
+                    fallback = True
+                    break
                 cand.proposal = choose_nudge(
                     exact,
                     top_k,
@@ -716,17 +756,40 @@ class GGRODecoder:
         )
 
     def _final_reward(
-        self, session: RewardSession, ids: list[int], kept: _Candidate, same_as_candidate: bool, cfg: GGROConfig
+        self,
+        session: RewardSession,
+        ids: list[int],
+        kept: _Candidate,
+        same_as_candidate: bool,
+        cfg: GGROConfig,
+        guard: RewardGuard,
     ) -> float | None:
-        """Reward of the finished response. Without quirks it is the kept candidate's own reward."""
+        """Reward of the finished response. Without quirks it is the kept candidate's own reward; None once the
+        reward has failed (under reward_failure='fallback')."""
+        if guard.broken:
+            return None
         scored = ids
         if cfg.final_reward_before_eos:
             while len(scored) > 1 and scored[-1] in self.eos_token_ids:
                 scored = scored[:-1]
         if same_as_candidate and scored is ids and kept.reward is not None:
             return kept.reward if _finite(kept.reward) else None
-        value = session.score_sequence(scored)
+        try:
+            value = guard.call(session.score_sequence, scored)
+        except RewardError:
+            if cfg.reward_failure == "raise":
+                raise
+            return None
         return value if _finite(value) else None
+
+
+def _check_unicode(text: str, what: str) -> None:
+    """Refuse text that is not valid Unicode (a lone surrogate, e.g. from a bad decode) before a tokenizer does,
+    with an error that says where."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(f"{what}: not valid Unicode text (a lone surrogate at index {error.start})") from None
 
 
 def _prompt_text(prompt: PromptInput) -> str:

@@ -64,7 +64,15 @@ class SegmentEvent(_Frozen):
     kept_refinement: int
     nudged: bool
     stopped_on_repeat: bool
-    reward_fallback: bool = Field(False, description="A non-finite reward was seen; those candidates lost.")
+    reward_fallback: bool = Field(
+        False,
+        description="The reward could not rank this segment's candidates (a non-finite reward, or the reward model "
+        "failed or timed out earlier or here under reward_failure='fallback'): the best candidate with a usable "
+        "reward stands, else the draft.",
+    )
+    reward_error: str | None = Field(
+        None, description="The reward model's failure in this segment (reward_failure='fallback'), else None."
+    )
     finished: bool = Field(description="The response ends with this segment.")
 
 
@@ -102,6 +110,11 @@ class GGROResult(_Frozen):
     final_reward: float | None
     usage: Usage
     timing: Timing
+    reward_error: str | None = Field(
+        None,
+        description="Under reward_failure='fallback': the reward model's failure that stopped steering this "
+        "response (the text before it was steered, the rest is greedy); None when the reward never failed.",
+    )
 
     @property
     def num_nudges(self) -> int:
@@ -115,6 +128,7 @@ class GGROResult(_Frozen):
             "nudges_tried": len(self.nudges),
             "nudges_kept": self.num_nudges,
             "reward_fallbacks": sum(1 for s in self.segments if s.reward_fallback),
+            "reward_error": self.reward_error,
             "final_reward": self.final_reward,
             "policy_forward_passes": self.usage.policy_forward_passes,
             "reward_calls": self.usage.reward_calls,

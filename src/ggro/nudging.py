@@ -82,7 +82,8 @@ def choose_nudge(
     if not finite.any():
         return None
     scores = torch.where(finite, scores, torch.full_like(scores, float("-inf")))
-    scaled = scores / temperature
+    # Shift by the best score and divide in float64: a tiny temperature must not overflow to inf/nan.
+    scaled = (scores.double() - scores[finite].max().double()) / temperature
     if selection == "sample":
         probs = torch.softmax(scaled, dim=-1)
         index = int(torch.multinomial(probs, 1, generator=generator)[0])

@@ -24,7 +24,7 @@ from .._compat import cache_kwargs, output_cache
 from ..decoder import GGRODecoder, PromptInput
 from ..rewards.base import RewardContext, RewardSession
 
-__all__ = ["MethodOutput", "args_decode", "best_of_n", "greedy"]
+__all__ = ["MethodOutput", "args_decode", "best_of_n", "best_of_n_batch", "greedy", "greedy_batch"]
 
 
 @dataclass(frozen=True)
@@ -52,48 +52,84 @@ class MethodOutput:
 def greedy(decoder: GGRODecoder, prompt: PromptInput, max_new_tokens: int) -> MethodOutput:
     """Plain greedy decoding (``generate`` with the policy's KV cache), then one reward of the response: no
     reward-model work during decoding, as a user's greedy baseline would have."""
-    started = time.perf_counter()
-    prompt_ids = decoder.encode_prompt(prompt)
-    out = _generate(decoder, prompt_ids, max_new_tokens, do_sample=False, num_return_sequences=1)
-    response = _response(out[0, len(prompt_ids) :].tolist(), decoder)
-    session = _session(decoder, prompt, prompt_ids)
-    reward = session.score_many([prompt_ids + response])[0]
-    return MethodOutput(
-        text=_text(decoder, response),
-        token_ids=response,
-        prompt_token_ids=list(prompt_ids),
-        guidance_reward=reward if _finite(reward) else None,
-        policy_forward_passes=out.shape[1] - len(prompt_ids),
-        reward_calls=session.calls or 1,
-        seconds=time.perf_counter() - started,
-    )
+    return greedy_batch(decoder, [prompt], max_new_tokens)[0]
+
+
+def greedy_batch(decoder: GGRODecoder, prompts: Sequence[PromptInput], max_new_tokens: int) -> list[MethodOutput]:
+    """:func:`greedy` for several prompts in one left-padded ``generate``; each output's ``seconds`` is its
+    share of the batch's time."""
+    return _sampled_batch(decoder, prompts, max_new_tokens, n=1, seed=None)
 
 
 def best_of_n(decoder: GGRODecoder, prompt: PromptInput, n: int, max_new_tokens: int, seed: int = 0) -> MethodOutput:
     """Sample ``n`` responses (temperature 1, seeded), score each with the guidance reward, keep the best
     (the first of equal maxima; a non-finite reward never wins)."""
+    return best_of_n_batch(decoder, [prompt], n, max_new_tokens, seed)[0]
+
+
+def best_of_n_batch(
+    decoder: GGRODecoder,
+    prompts: Sequence[PromptInput],
+    n: int,
+    max_new_tokens: int,
+    seed: int = 0,
+    max_sequences: int = 32,
+) -> list[MethodOutput]:
+    """:func:`best_of_n` for several prompts: their samples come from batched ``generate`` calls of at most
+    ``max_sequences`` rows (whole prompts, at least one; beyond that a CPU gets slower per row), each call
+    seeded with ``seed``, so a prompt's samples depend on the prompts it was batched with."""
     if n < 1:
         raise ValueError(f"n: must be at least 1, got {n}")
+    per_call = max(1, max_sequences // n)
+    outputs: list[MethodOutput] = []
+    for start in range(0, len(prompts), per_call):
+        outputs += _sampled_batch(decoder, prompts[start : start + per_call], max_new_tokens, n=n, seed=seed)
+    return outputs
+
+
+def _sampled_batch(
+    decoder: GGRODecoder, prompts: Sequence[PromptInput], max_new_tokens: int, *, n: int, seed: int | None
+) -> list[MethodOutput]:
+    """Greedy (``seed`` None, n=1) or sampled (n per prompt) responses, each prompt's best by guidance reward."""
+    if not prompts:
+        return []
     started = time.perf_counter()
-    prompt_ids = decoder.encode_prompt(prompt)
-    torch.manual_seed(seed)
-    out = _generate(decoder, prompt_ids, max_new_tokens, do_sample=True, num_return_sequences=n)
-    steps = out.shape[1] - len(prompt_ids)
-    samples = [_response(row[len(prompt_ids) :].tolist(), decoder) for row in out]
-    session = _session(decoder, prompt, prompt_ids)
-    rewards = session.score_many([prompt_ids + s for s in samples])
-    best = max(range(n), key=lambda i: (_finite(rewards[i]), rewards[i] if _finite(rewards[i]) else 0.0, -i))
-    return MethodOutput(
-        text=_text(decoder, samples[best]),
-        token_ids=samples[best],
-        prompt_token_ids=list(prompt_ids),
-        guidance_reward=rewards[best] if _finite(rewards[best]) else None,
-        policy_forward_passes=steps,  # one batched forward per generated position
-        reward_calls=session.calls or 1,  # the batch of n is scored in one call
-        seconds=time.perf_counter() - started,
-        candidate_texts=tuple(_text(decoder, s) for s in samples),
-        candidate_rewards=tuple(r if _finite(r) else math.nan for r in rewards),
-    )
+    prompt_ids = [decoder.encode_prompt(p) for p in prompts]
+    if seed is not None:
+        torch.manual_seed(seed)
+    out, width = _generate(decoder, prompt_ids, max_new_tokens, do_sample=seed is not None, num_return_sequences=n)
+    steps = out.shape[1] - width
+    outputs = []
+    for b, (prompt, ids) in enumerate(zip(prompts, prompt_ids, strict=True)):
+        samples = [_response(row[width:].tolist(), decoder) for row in out[b * n : (b + 1) * n]]
+        session = _session(decoder, prompt, ids)
+        rewards = session.score_continuations(ids, samples)  # the prompt's reward-model cache is shared
+        best = max(range(n), key=lambda i: (_finite(rewards[i]), rewards[i] if _finite(rewards[i]) else 0.0, -i))
+        outputs.append(
+            (
+                samples[best],
+                ids,
+                rewards[best] if _finite(rewards[best]) else None,
+                session.calls or 1,  # the prompt once, then the n samples in one batched call
+                tuple(_text(decoder, s) for s in samples) if seed is not None else (),
+                tuple(r if _finite(r) else math.nan for r in rewards) if seed is not None else (),
+            )
+        )
+    share = (time.perf_counter() - started) / len(prompts)
+    return [
+        MethodOutput(
+            text=_text(decoder, body),
+            token_ids=body,
+            prompt_token_ids=list(ids),
+            guidance_reward=reward,
+            policy_forward_passes=steps,  # one batched forward per generated position
+            reward_calls=calls,
+            seconds=share,
+            candidate_texts=texts,
+            candidate_rewards=rewards,
+        )
+        for body, ids, reward, calls, texts, rewards in outputs
+    ]
 
 
 def args_decode(
@@ -120,7 +156,7 @@ def args_decode(
             logits = out.logits[0, -1].float()
             top = torch.topk(logits, min(k, logits.shape[-1]))
             candidates = [int(t) for t in top.indices]
-            rewards = [session.score_sequence([*ids, v]) for v in candidates] if w != 0 else [0.0] * len(candidates)
+            rewards = session.score_continuations(ids, [[v] for v in candidates]) if w != 0 else [0.0] * len(candidates)
             scores = [
                 float(logit) + w * r if _finite(r) else -math.inf for logit, r in zip(top.values, rewards, strict=True)
             ]
@@ -146,17 +182,27 @@ def args_decode(
 
 
 def _generate(
-    decoder: GGRODecoder, prompt_ids: Sequence[int], max_new_tokens: int, *, do_sample: bool, num_return_sequences: int
-) -> torch.Tensor:
-    """The policy's own ``generate`` (greedy, or sampling at temperature 1 with no truncation)."""
+    decoder: GGRODecoder,
+    prompt_ids: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    *,
+    do_sample: bool,
+    num_return_sequences: int,
+) -> tuple[torch.Tensor, int]:
+    """The policy's own ``generate`` on left-padded prompts (greedy, or sampling at temperature 1 with no
+    truncation); returns the output rows (``num_return_sequences`` per prompt, in order) and the padded
+    prompt width."""
     policy = decoder.policy
-    input_ids = torch.tensor([list(prompt_ids)], device=policy.device)
     pad = decoder.tokenizer.pad_token_id if decoder.tokenizer.pad_token_id is not None else 0
+    width = max(len(ids) for ids in prompt_ids)
+    rows = [[pad] * (width - len(ids)) + list(ids) for ids in prompt_ids]
+    mask = [[0] * (width - len(ids)) + [1] * len(ids) for ids in prompt_ids]
+    input_ids = torch.tensor(rows, device=policy.device)
     sampling = {"temperature": 1.0, "top_k": 0, "top_p": 1.0} if do_sample else {}
     with torch.no_grad():
         out: torch.Tensor = policy.generate(
             input_ids,
-            attention_mask=torch.ones_like(input_ids),
+            attention_mask=torch.tensor(mask, device=policy.device),
             do_sample=do_sample,
             num_return_sequences=num_return_sequences,
             max_new_tokens=max_new_tokens,
@@ -164,7 +210,7 @@ def _generate(
             pad_token_id=pad,
             **sampling,
         )
-    return out
+    return out, width
 
 
 def _session(decoder: GGRODecoder, prompt: PromptInput, prompt_ids: Sequence[int]) -> RewardSession:

@@ -9,42 +9,54 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..decoder import GGRODecoder
-from .methods import MethodOutput, args_decode, best_of_n, greedy
+from .methods import MethodOutput, args_decode, best_of_n_batch, greedy_batch
+from .metrics import PeakMemory
 
 __all__ = ["Judge", "Method", "parse_method", "read_rows", "run_eval"]
 
 Judge = Callable[[list[str], list[str]], list[float]]
 
 
+RunBatch = Callable[[GGRODecoder, list[str], int, int], list[MethodOutput]]
+
+
 @dataclass(frozen=True)
 class Method:
-    """A named decoding method: ``run(decoder, prompt, max_new_tokens, seed)``."""
+    """A named decoding method: ``run(decoder, prompts, max_new_tokens, seed)`` gives one output per prompt.
+    ``batched`` methods decode the prompts together (each output's seconds is its share of the batch)."""
 
     name: str
-    run: Callable[[GGRODecoder, str, int, int], MethodOutput]
+    run: RunBatch
+    batched: bool = True
 
 
-def _ggro(refinement_steps: int, entropy_threshold: float | None) -> Callable[..., MethodOutput]:
-    def run(decoder: GGRODecoder, prompt: str, max_new_tokens: int, seed: int) -> MethodOutput:
+def _ggro(refinement_steps: int, entropy_threshold: float | None) -> RunBatch:
+    def run(decoder: GGRODecoder, prompts: list[str], max_new_tokens: int, seed: int) -> list[MethodOutput]:
         options: dict[str, Any] = {"refinement_steps": refinement_steps, "seed": seed}
         if entropy_threshold is not None:
             options["entropy_threshold"] = entropy_threshold
-        result = decoder.generate([prompt], max_new_tokens=max_new_tokens, **options)[0]
-        return MethodOutput(
-            text=result.text,
-            token_ids=list(result.token_ids),
-            prompt_token_ids=list(result.prompt_token_ids),
-            guidance_reward=result.final_reward,
-            policy_forward_passes=result.usage.policy_forward_passes,
-            reward_calls=result.usage.reward_calls,
-            seconds=result.timing.seconds,
-        )
+        started = time.perf_counter()
+        results = decoder.generate(list(prompts), max_new_tokens=max_new_tokens, **options)
+        share = (time.perf_counter() - started) / len(prompts)
+        return [
+            MethodOutput(
+                text=result.text,
+                token_ids=list(result.token_ids),
+                prompt_token_ids=list(result.prompt_token_ids),
+                guidance_reward=result.final_reward,
+                policy_forward_passes=result.usage.policy_forward_passes,
+                reward_calls=result.usage.reward_calls,
+                seconds=share,
+            )
+            for result in results
+        ]
 
     return run
 
@@ -52,14 +64,15 @@ def _ggro(refinement_steps: int, entropy_threshold: float | None) -> Callable[..
 def parse_method(name: str) -> Method:
     """The method a name stands for (see the module docstring); a clear error for anything else."""
     if name == "greedy":
-        return Method(name, lambda d, p, m, s: greedy(d, p, m))
+        return Method(name, lambda d, ps, m, s: greedy_batch(d, ps, m))
     if match := re.fullmatch(r"bon-(\d+)", name):
         n = int(match.group(1))
-        return Method(name, lambda d, p, m, s: best_of_n(d, p, n, m, seed=s))
+        return Method(name, lambda d, ps, m, s: best_of_n_batch(d, ps, n, m, seed=s))
     if match := re.fullmatch(r"args(?:-k(\d+)-w([\d.]+))?", name):
         k = int(match.group(1) or 10)
         w = float(match.group(2) or 1.0)
-        return Method(name, lambda d, p, m, s: args_decode(d, p, m, k=k, w=w))
+        # One prompt at a time: token-level reward guidance is not batched across prompts here.
+        return Method(name, lambda d, ps, m, s: [args_decode(d, p, m, k=k, w=w) for p in ps], batched=False)
     if match := re.fullmatch(r"ggro(?:-r(\d+))?(?:-t([\d.]+))?", name):
         steps = int(match.group(1) or 8)
         threshold = float(match.group(2)) if match.group(2) else None
@@ -92,51 +105,72 @@ def run_eval(
     max_new_tokens: int,
     seed: int = 0,
     limit: int | None = None,
+    batch_size: int = 8,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Run every method on the first ``limit`` prompts of every set, appending one row per response to
     ``out`` (JSONL). Rows already there (same set, prompt index, method and seed) are skipped, so an
-    interrupted run resumes where it stopped. Returns all rows of ``out``."""
+    interrupted run resumes where it stopped. Batched methods decode ``batch_size`` prompts of a set together;
+    each row records its batch size and the peak memory of its batch. Returns all rows of ``out``."""
     parsed = [parse_method(m) for m in methods]
+    if batch_size < 1:
+        raise ValueError(f"batch_size: must be at least 1, got {batch_size}")
     missing = sorted(set(prompt_sets) - set(judges))
     if missing:
         raise ValueError(f"judges: no gold judge for prompt set(s) {missing}")
     out.parent.mkdir(parents=True, exist_ok=True)
     done = {(r["set"], r["index"], r["method"], r["seed"]) for r in read_rows(out)}
-    todo = [
-        (set_name, index, prompt, method)
-        for set_name, prompts in prompt_sets.items()
-        for index, prompt in enumerate(prompts[:limit])
-        for method in parsed
-        if (set_name, index, method.name, seed) not in done
-    ]
+    # Prompt-index windows outermost, then sets, then methods: a run stopped early still covers every
+    # method and set on the same first prompts.
+    chunks: list[tuple[str, Method, list[tuple[int, str]]]] = []
+    longest = max((len(prompts[:limit]) for prompts in prompt_sets.values()), default=0)
+    for window in range(0, longest, batch_size):
+        for set_name, prompts in prompt_sets.items():
+            for method in parsed:
+                pending = [
+                    (index, prompts[index])
+                    for index in range(window, min(window + batch_size, len(prompts[:limit])))
+                    if (set_name, index, method.name, seed) not in done
+                ]
+                size = batch_size if method.batched else 1
+                chunks += [(set_name, method, pending[i : i + size]) for i in range(0, len(pending), size)]
     from tqdm.auto import tqdm
 
-    with out.open("a", encoding="utf-8") as sink:
+    with (
+        out.open("a", encoding="utf-8") as sink,
+        tqdm(total=sum(len(c[2]) for c in chunks), desc="eval", unit="response", disable=not progress) as bar,
+    ):
         if out.stat().st_size and not out.read_bytes().endswith(b"\n"):
             sink.write("\n")  # end a line torn by an interrupted run, so the next row starts clean
-        for set_name, index, prompt, method in tqdm(todo, desc="eval", disable=not progress):
-            output = method.run(decoder, prompt, max_new_tokens, seed)
-            texts = [output.text, *output.candidate_texts]
-            gold = judges[set_name]([prompt] * len(texts), texts)
-            row = {
-                "set": set_name,
-                "index": index,
-                "method": method.name,
-                "seed": seed,
-                "prompt": prompt,
-                "text": output.text,
-                "guidance_reward": output.guidance_reward,
-                "gold_reward": gold[0],
-                "candidates": output.candidates,
-                "candidate_guidance_rewards": list(output.candidate_rewards),
-                "candidate_gold_rewards": gold[1:],
-                "response_tokens": len(output.token_ids),
-                "policy_forward_passes": output.policy_forward_passes,
-                "reward_calls": output.reward_calls,
-                "seconds": output.seconds,
-                "max_new_tokens": max_new_tokens,
-            }
-            sink.write(json.dumps(row) + "\n")
-            sink.flush()  # a killed run loses at most the response in progress
+        for set_name, method, items in chunks:
+            bar.set_postfix_str(f"{set_name} {method.name}")
+            prompts_now = [prompt for _, prompt in items]
+            with PeakMemory() as memory:
+                outputs = method.run(decoder, prompts_now, max_new_tokens, seed)
+            for (index, prompt), output in zip(items, outputs, strict=True):
+                texts = [output.text, *output.candidate_texts]
+                gold = judges[set_name]([prompt] * len(texts), texts)
+                row = {
+                    "set": set_name,
+                    "index": index,
+                    "method": method.name,
+                    "seed": seed,
+                    "prompt": prompt,
+                    "text": output.text,
+                    "guidance_reward": output.guidance_reward,
+                    "gold_reward": gold[0],
+                    "candidates": output.candidates,
+                    "candidate_guidance_rewards": list(output.candidate_rewards),
+                    "candidate_gold_rewards": gold[1:],
+                    "response_tokens": len(output.token_ids),
+                    "policy_forward_passes": output.policy_forward_passes,
+                    "reward_calls": output.reward_calls,
+                    "seconds": output.seconds,
+                    "batch_size": len(items),
+                    "peak_memory_mb": memory.peak_mb,
+                    "max_new_tokens": max_new_tokens,
+                }
+                sink.write(json.dumps(row) + "\n")
+            sink.flush()  # a killed run loses at most the batch in progress
+            bar.update(len(items))
     return read_rows(out)

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .._compat import cache_kwargs, crop_detached, crop_to, new_cache, output_cache
+from .._compat import cache_kwargs, crop_detached, crop_to, new_cache, output_cache, repeated_cache
 from ..segments import common_prefix_length
 from .base import RewardError, RewardSession, SegmentScore
 
@@ -33,12 +33,25 @@ class CausalPrefixSession(RewardSession):
 
     # -- what a subclass provides
     @abstractmethod
-    def _call(self, embeds: torch.Tensor, cache: Any, past: int) -> Any:
-        """Run the model on ``embeds`` [1, n, hidden] after ``past`` cached positions; return its output."""
+    def _call(self, embeds: torch.Tensor, cache: Any, past: int, **extra: Any) -> Any:
+        """Run the model on ``embeds`` [batch, n, hidden] after ``past`` cached positions (``extra``: model
+        arguments that replace the defaults, e.g. a padded batch's ``attention_mask``); return its output."""
 
     @abstractmethod
     def _reward(self, output: Any, ids: Sequence[int], start: int) -> torch.Tensor:
         """Reward [1] of the sequence ``ids`` from the output of a call that fed ``ids[start:]``."""
+
+    def _continuation_rewards(
+        self, output: Any, prefix_ids: Sequence[int], continuations: list[list[int]]
+    ) -> torch.Tensor | None:
+        """Rewards [n] of ``prefix_ids + c`` from one call that fed the continuations as a batch after the
+        cached prefix, right-padded to the longest (padding masked out). None where this session cannot read
+        them from such a call (the default), so they are scored one at a time."""
+        return None
+
+    def _batches_continuations(self, continuations: list[list[int]]) -> bool:
+        """Whether :meth:`_continuation_rewards` can score these continuations (checked before the call)."""
+        return type(self)._continuation_rewards is not CausalPrefixSession._continuation_rewards
 
     def _prefix_extended(self, output: Any, start: int) -> None:
         """The cache grew by a call whose first fed position is ``start`` (pooled rewards keep its states)."""
@@ -49,11 +62,11 @@ class CausalPrefixSession(RewardSession):
     # -- shared machinery
     def _call_model(self, embeds: torch.Tensor, cache: Any, past: int, **extra: Any) -> Any:
         """Feed ``embeds`` after ``past`` cached positions (``cache`` None: a fresh pass from position 0)."""
-        length = embeds.shape[1]
+        batch, length = embeds.shape[0], embeds.shape[1]
         kwargs: dict[str, Any] = {
             "inputs_embeds": embeds,
-            "attention_mask": torch.ones(1, past + length, dtype=torch.long, device=embeds.device),
-            "position_ids": torch.arange(past, past + length, device=embeds.device)[None],
+            "attention_mask": torch.ones(batch, past + length, dtype=torch.long, device=embeds.device),
+            "position_ids": torch.arange(past, past + length, device=embeds.device)[None].expand(batch, -1),
             **extra,
         }
         if cache is not None:
@@ -61,11 +74,11 @@ class CausalPrefixSession(RewardSession):
             kwargs["use_cache"] = True
         return self.model(**kwargs)
 
-    def _forward(self, embeds: torch.Tensor, cache: Any, past: int) -> Any:
+    def _forward(self, embeds: torch.Tensor, cache: Any, past: int, **extra: Any) -> Any:
         self.calls += 1
-        self.tokens_processed += embeds.shape[1]
+        self.tokens_processed += embeds.shape[0] * embeds.shape[1]
         try:
-            return self._call(embeds, cache, past)
+            return self._call(embeds, cache, past, **extra)
         except RewardError:
             raise
         except Exception as exc:  # the RM is user code: report it with its name, keep the original
@@ -136,6 +149,31 @@ class CausalPrefixSession(RewardSession):
 
     def score_many(self, sequences: Sequence[Sequence[int]]) -> list[float]:
         return self.score_batch(sequences)
+
+    def score_continuations(self, prefix_ids: Sequence[int], continuations: Sequence[Sequence[int]]) -> list[float]:
+        conts = [list(c) for c in continuations]
+        batchable = [i for i, c in enumerate(conts) if c]
+        if not (self.use_prefix_cache and prefix_ids and len(batchable) > 1):
+            return super().score_continuations(prefix_ids, conts)
+        batch = [conts[i] for i in batchable]
+        if not self._batches_continuations(batch):
+            return super().score_continuations(prefix_ids, conts)
+        past, width = len(prefix_ids), max(len(c) for c in batch)
+        with torch.no_grad():
+            self._sync_prefix(prefix_ids)
+            # The cached prefix, repeated once per continuation; each continuation right-padded (with its own
+            # first token: any id works, the padding is masked out and never read).
+            cache = repeated_cache(self.cache, len(batch))
+            embeds = torch.cat([self.embed(c + [c[0]] * (width - len(c))) for c in batch])
+            mask = torch.tensor([[1] * (past + len(c)) + [0] * (width - len(c)) for c in batch], device=embeds.device)
+            output = self._forward(embeds, cache, past, attention_mask=mask)
+            rewards = self._continuation_rewards(output, prefix_ids, batch)
+        if rewards is None or rewards.shape != (len(batch),):
+            got = None if rewards is None else tuple(rewards.shape)
+            raise RewardError(f"reward model {self.name!r}: expected {len(batch)} rewards, got {got}")
+        scores = dict(zip(batchable, (float(r) for r in rewards.float()), strict=True))
+        # An empty continuation is the prefix itself.
+        return [scores[i] if i in scores else self.score_sequence(list(prefix_ids)) for i in range(len(conts))]
 
     @abstractmethod
     def score_batch(self, sequences: Sequence[Sequence[int]]) -> list[float]:

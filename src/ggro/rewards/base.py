@@ -74,6 +74,12 @@ class RewardSession(ABC):
         gradient-free nudge proposal scores one variant per top-k token this way)."""
         return [self.score_sequence(s) for s in sequences]
 
+    def score_continuations(self, prefix_ids: Sequence[int], continuations: Sequence[Sequence[int]]) -> list[float]:
+        """The reward of ``prefix_ids + c`` for each continuation ``c``, no gradient: Best-of-N's samples after
+        one prompt, or ARGS's candidate next tokens after one context. Sessions that keep a prefix cache
+        score them in one batched pass over the continuations only."""
+        return [self.score_sequence([*prefix_ids, *c]) for c in continuations]
+
 
 class RewardModel(ABC):
     """A reward over the policy's token sequences.

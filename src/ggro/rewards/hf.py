@@ -133,8 +133,17 @@ class _HFSession(CausalPrefixSession):
     def score_batch(self, sequences: Sequence[Sequence[int]]) -> list[float]:
         return self.rm.score(sequences)
 
-    def _call(self, embeds: torch.Tensor, cache: Any, past: int) -> Any:
-        return self._call_model(embeds, cache, past)
+    def _call(self, embeds: torch.Tensor, cache: Any, past: int, **extra: Any) -> Any:
+        return self._call_model(embeds, cache, past, **extra)
 
     def _reward(self, output: Any, ids: Sequence[int], start: int) -> torch.Tensor:
         return self.rm.pooled_reward(output.logits)
+
+    def _continuation_rewards(
+        self, output: Any, prefix_ids: Sequence[int], continuations: list[list[int]]
+    ) -> torch.Tensor | None:
+        return self.rm.pooled_reward(output.logits)
+
+    def _batches_continuations(self, continuations: list[list[int]]) -> bool:
+        # The model pools its own logits at the last position it was fed: right only without padding.
+        return len({len(c) for c in continuations}) == 1

@@ -281,9 +281,9 @@ class _JudgeSession(CausalPrefixSession):
         self.context = context
         self.base = rm.prefix_ids(context.prompt_text if context is not None else "")
 
-    def _call(self, embeds: torch.Tensor, cache: Any, past: int) -> Any:
+    def _call(self, embeds: torch.Tensor, cache: Any, past: int, **extra: Any) -> Any:
         # Only the answer's logits are read: never [length x vocab].
-        return self._call_model(embeds, cache, past, logits_to_keep=1)
+        return self._call_model(embeds, cache, past, logits_to_keep=1, **extra)
 
     def _reward(self, output: Any, ids: Sequence[int], start: int) -> torch.Tensor:
         return self.rm.answer_margin(output.logits[0, -1]).reshape(1)

@@ -128,8 +128,8 @@ class _PooledSession(CausalPrefixSession):
     def score_batch(self, sequences: Sequence[Sequence[int]]) -> list[float]:
         return self.rm.score(sequences)
 
-    def _call(self, embeds: torch.Tensor, cache: Any, past: int) -> Any:
-        return self._call_model(embeds, cache, past)
+    def _call(self, embeds: torch.Tensor, cache: Any, past: int, **extra: Any) -> Any:
+        return self._call_model(embeds, cache, past, **extra)
 
     def _prefix_extended(self, output: Any, start: int) -> None:
         fed = output.last_hidden_state[0].detach().float()
@@ -137,6 +137,18 @@ class _PooledSession(CausalPrefixSession):
 
     def _prefix_cropped(self, length: int) -> None:
         self.prefix_hidden = self.prefix_hidden[:length]
+
+    def _continuation_rewards(
+        self, output: Any, prefix_ids: Sequence[int], continuations: list[list[int]]
+    ) -> torch.Tensor | None:
+        hidden = output.last_hidden_state.float()  # [n, width, hidden]; padding rows are never pooled
+        prefix = self.prefix_hidden[: len(prefix_ids)]
+        rewards = []
+        for row, continuation in zip(hidden, continuations, strict=True):
+            pool = self.rm.pooling_mask([*prefix_ids, *continuation])
+            total = pool[len(prefix_ids) :] @ row[: len(continuation)] + pool[: len(prefix_ids)] @ prefix
+            rewards.append(self.rm.head(total, float(pool.sum())))
+        return torch.cat(rewards)
 
     def _reward(self, output: Any, ids: Sequence[int], start: int) -> torch.Tensor:
         fed = output.last_hidden_state[0].float()

@@ -1,0 +1,248 @@
+"""Summaries, a markdown report and plots from evaluation rows (the JSONL :func:`~ggro.eval.run_eval` writes).
+
+Two plots: gold reward against wall-clock per method (the cost-quality frontier), and guidance and gold reward
+against optimisation pressure (N for Best-of-N, refinement steps for GGRO): where guidance keeps rising while
+gold falls, the method is hacking the guidance reward.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .metrics import coverage_at_k, distinct_n, is_refusal
+
+__all__ = ["MethodSummary", "plot_frontier", "plot_pressure", "pressure_of", "render_report", "summarize"]
+
+
+@dataclass(frozen=True)
+class MethodSummary:
+    """One method on one prompt set."""
+
+    set: str
+    method: str
+    prompts: int
+    guidance: float | None
+    gold: float
+    coverage_at_1: float
+    """Share of returned responses with gold reward at or above the set's threshold."""
+    pool_coverage: float | None
+    """Best-of-N: share of prompts with at least one of the N samples at or above the threshold."""
+    refusal_rate: float
+    distinct_1: float
+    distinct_2: float
+    seconds: float
+    """Mean wall-clock seconds per response (a batched method's share of its batch)."""
+    policy_forward_passes: float
+    reward_calls: float
+    peak_memory_mb: float | None
+    response_tokens: float
+
+
+def _mean(values: Sequence[float]) -> float:
+    return statistics.fmean(values) if values else math.nan
+
+
+def summarize(
+    rows: Sequence[Mapping[str, Any]], thresholds: Mapping[str, float], *, common_prompts: bool = False
+) -> list[MethodSummary]:
+    """One summary per (set, method), in the order they first appear. ``common_prompts``: only the prompts
+    every method of the set has answered, so methods are compared on the same prompts."""
+    by_key: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_key[(row["set"], row["method"])].append(row)
+    if common_prompts:
+        shared: dict[str, set[int]] = {}
+        for (set_name, _), group in by_key.items():
+            indices = {r["index"] for r in group}
+            shared[set_name] = shared[set_name] & indices if set_name in shared else indices
+        by_key = {k: [r for r in g if r["index"] in shared[k[0]]] for k, g in by_key.items()}
+    summaries = []
+    for (set_name, method), group in by_key.items():
+        if not group:
+            continue
+        threshold = thresholds[set_name]
+        guidance = [r["guidance_reward"] for r in group if r["guidance_reward"] is not None]
+        pools = [r["candidate_gold_rewards"] for r in group if r["candidate_gold_rewards"]]
+        memory = [r["peak_memory_mb"] for r in group if r.get("peak_memory_mb") is not None]
+        texts = [r["text"] for r in group]
+        summaries.append(
+            MethodSummary(
+                set=set_name,
+                method=method,
+                prompts=len(group),
+                guidance=_mean(guidance) if guidance else None,
+                gold=_mean([r["gold_reward"] for r in group]),
+                coverage_at_1=coverage_at_k([[r["gold_reward"]] for r in group], 1, threshold),
+                pool_coverage=coverage_at_k(pools, max(len(p) for p in pools), threshold) if pools else None,
+                refusal_rate=sum(is_refusal(t) for t in texts) / len(texts),
+                distinct_1=distinct_n(texts, 1),
+                distinct_2=distinct_n(texts, 2),
+                seconds=_mean([r["seconds"] for r in group]),
+                policy_forward_passes=_mean([r["policy_forward_passes"] for r in group]),
+                reward_calls=_mean([r["reward_calls"] for r in group]),
+                peak_memory_mb=max(memory) if memory else None,
+                response_tokens=_mean([r["response_tokens"] for r in group]),
+            )
+        )
+    return summaries
+
+
+def pressure_of(method: str) -> tuple[str, int] | None:
+    """``(family, pressure)`` of a method name: Best-of-N → ("Best-of-N", N); GGRO → ("GGRO t=T", R)
+    (default threshold shown as "default"); None for the others."""
+    if match := re.fullmatch(r"bon-(\d+)", method):
+        return "Best-of-N", int(match.group(1))
+    if match := re.fullmatch(r"ggro(?:-r(\d+))?(?:-t([\d.]+))?", method):
+        return f"GGRO t={match.group(2) or 'default'}", int(match.group(1) or 8)
+    return None
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def render_report(
+    rows: Sequence[Mapping[str, Any]],
+    thresholds: Mapping[str, float],
+    *,
+    title: str,
+    settings: Mapping[str, Any],
+    plots: Sequence[str] = (),
+) -> str:
+    """The markdown report: one table per prompt set (every method on the prompts it ran), then, where
+    methods ran on different numbers of prompts, the same on the prompts all of them share."""
+    lines = [f"# {title}", ""]
+    lines += [f"- {key}: `{value}`" for key, value in settings.items()]
+    lines += [f"- gold threshold for coverage (`{s}`): {t}" for s, t in thresholds.items()]
+    lines += [
+        "",
+        "Columns: guidance = the reward that steers; gold = the held-out judge (never steers); "
+        "cov@1 = share of responses with gold ≥ threshold; pool cov = Best-of-N, share of prompts with any "
+        "of the N samples ≥ threshold; refusal = string-match refusal rate; d-1/d-2 = distinct-1/2; "
+        "s/resp = mean wall-clock seconds per response (batched methods: share of the batch); fwd = policy "
+        "forward passes; RM = reward-model calls; peak MiB = process peak RSS (CPU) or CUDA peak while the "
+        "method ran.",
+        "",
+    ]
+    for heading, common in (("All responses", False), ("On the prompts every method answered", True)):
+        if common and not _uneven(rows):
+            break  # every method ran on the same prompts: the first table already is this one
+        summaries = summarize(rows, thresholds, common_prompts=common)
+        lines += [f"## {heading}", ""]
+        for set_name in dict.fromkeys(s.set for s in summaries):
+            lines += [
+                f"### {set_name}",
+                "",
+                "| method | n | guidance | gold | cov@1 | pool cov | refusal | d-1 | d-2 | tokens | s/resp "
+                "| fwd | RM | peak MiB |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            ]
+            for s in (s for s in summaries if s.set == set_name):
+                lines.append(
+                    f"| {s.method} | {s.prompts} | {_fmt(s.guidance)} | {_fmt(s.gold)} | {_fmt(s.coverage_at_1, 2)} "
+                    f"| {_fmt(s.pool_coverage, 2)} | {_fmt(s.refusal_rate, 2)} | {_fmt(s.distinct_1, 2)} "
+                    f"| {_fmt(s.distinct_2, 2)} | {_fmt(s.response_tokens, 1)} | {_fmt(s.seconds, 2)} "
+                    f"| {_fmt(s.policy_forward_passes, 1)} | {_fmt(s.reward_calls, 1)} | {_fmt(s.peak_memory_mb, 0)} |"
+                )
+            lines.append("")
+    for plot in plots:
+        lines += [f"![{Path(plot).stem}]({Path(plot).name})", ""]
+    return "\n".join(lines)
+
+
+def _uneven(rows: Sequence[Mapping[str, Any]]) -> bool:
+    per: dict[tuple[str, str], set[int]] = defaultdict(set)
+    for row in rows:
+        per[(row["set"], row["method"])].add(row["index"])
+    by_set: dict[str, list[set[int]]] = defaultdict(list)
+    for (set_name, _), indices in per.items():
+        by_set[set_name].append(indices)
+    return any(any(i != group[0] for i in group) for group in by_set.values())
+
+
+def plot_frontier(rows: Sequence[Mapping[str, Any]], thresholds: Mapping[str, float], path: Path) -> Path:
+    """Gold reward against mean seconds per response, one point per method, one panel per set: the methods
+    that answered as many prompts as any in the set (a sweep run on fewer prompts is left out), on the prompts
+    all of them answered."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts: dict[tuple[str, str], set[int]] = defaultdict(set)
+    for row in rows:
+        counts[(row["set"], row["method"])].add(row["index"])
+    most = {s: max(len(i) for (name, _), i in counts.items() if name == s) for s, _ in counts}
+    full = [r for r in rows if len(counts[(r["set"], r["method"])]) == most[r["set"]]]
+    summaries = summarize(full, thresholds, common_prompts=True)
+    sets = list(dict.fromkeys(s.set for s in summaries))
+    fig, axes = plt.subplots(1, len(sets), figsize=(4.2 * len(sets), 3.8), squeeze=False)
+    for ax, set_name in zip(axes[0], sets, strict=True):
+        for s in (s for s in summaries if s.set == set_name):
+            family = pressure_of(s.method)
+            marker = {"Best-of-N": "s"}.get(family[0], "o") if family else "^"
+            ax.scatter(s.seconds, s.gold, marker=marker)
+            ax.annotate(s.method, (s.seconds, s.gold), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        n = next(s.prompts for s in summaries if s.set == set_name)
+        ax.set_xscale("log")
+        ax.set_title(f"{set_name} (n={n})", fontsize=9)
+        ax.set_xlabel("seconds per response (log)")
+        ax.set_ylabel("gold reward (mean)")
+        ax.grid(alpha=0.3)
+    fig.suptitle("Cost-quality frontier: gold reward vs wall-clock", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_pressure(rows: Sequence[Mapping[str, Any]], thresholds: Mapping[str, float], path: Path) -> Path | None:
+    """Guidance (top) and gold (bottom) reward against optimisation pressure, one line per family (Best-of-N
+    by N, GGRO by refinement steps per entropy threshold), greedy as a dashed line; one column per set that
+    has at least two pressures of a family. None when no set has."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    relevant = [r for r in rows if pressure_of(r["method"]) or r["method"] == "greedy"]
+    summaries = summarize(relevant, thresholds, common_prompts=True)
+    families: dict[str, dict[str, list[tuple[int, MethodSummary]]]] = defaultdict(lambda: defaultdict(list))
+    for s in summaries:
+        if pressure := pressure_of(s.method):
+            families[s.set][pressure[0]].append((pressure[1], s))
+    sets = [name for name, fams in families.items() if any(len(points) > 1 for points in fams.values())]
+    if not sets:
+        return None
+    fig, axes = plt.subplots(2, len(sets), figsize=(4.4 * len(sets), 6.4), squeeze=False)
+    for column, set_name in enumerate(sets):
+        greedy = next((s for s in summaries if s.set == set_name and s.method == "greedy"), None)
+        for row_index, (label, value) in enumerate((("guidance", "guidance"), ("gold", "gold"))):
+            ax = axes[row_index][column]
+            for name, points in sorted(families[set_name].items()):
+                points.sort(key=lambda p: p[0])
+                ys = [getattr(s, value) for _, s in points]
+                ax.plot([p for p, _ in points], [math.nan if y is None else y for y in ys], marker="o", label=name)
+            if greedy is not None and getattr(greedy, value) is not None:
+                ax.axhline(getattr(greedy, value), linestyle="--", color="grey", label="greedy")
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("optimisation pressure (N for Best-of-N, refinement steps for GGRO)")
+            ax.set_ylabel(f"{label} reward (mean)")
+            n = next(s.prompts for s in summaries if s.set == set_name)
+            ax.set_title(f"{set_name}: {label} (n={n})", fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.suptitle("Reward hacking check: guidance and gold vs optimisation pressure", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

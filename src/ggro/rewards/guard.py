@@ -1,0 +1,70 @@
+"""Reward-model calls under the decoder's failure policy: every failure becomes a :class:`RewardError`, and a
+call that takes longer than ``reward_timeout`` seconds is abandoned with a :class:`RewardTimeoutError`.
+
+A thread cannot be stopped from outside, so a late call keeps running in a daemon thread until the model
+returns; its session is never used again (the guard is ``broken`` after any failure), so the late result
+touches nothing the decoder still reads.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from .base import RewardError
+
+__all__ = ["RewardGuard", "RewardTimeoutError"]
+
+T = TypeVar("T")
+
+
+class RewardTimeoutError(RewardError):
+    """A reward-model call took longer than ``reward_timeout``."""
+
+
+class RewardGuard:
+    """Runs one sequence's reward calls; remembers the first failure."""
+
+    def __init__(self, name: str, timeout: float | None):
+        self.name = name
+        self.timeout = timeout
+        self.error: RewardError | None = None
+
+    @property
+    def broken(self) -> bool:
+        """A call failed: the session may be half-updated (or still in use by a late call)."""
+        return self.error is not None
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        if self.broken:
+            raise RuntimeError("RewardGuard: the session failed before; it must not be used again")
+        try:
+            return fn(*args) if self.timeout is None else self._call_with_timeout(fn, *args)
+        except RewardError as error:
+            self.error = error
+            raise
+        except Exception as error:  # the RM is user code: name it, keep the original as the cause
+            self.error = RewardError(f"reward model {self.name!r} failed: {type(error).__name__}: {error}")
+            raise self.error from error
+
+    def _call_with_timeout(self, fn: Callable[..., T], *args: Any) -> T:
+        outcome: list[Any] = []
+
+        def run() -> None:
+            try:
+                outcome.append((True, fn(*args)))
+            except BaseException as error:  # handed to the caller's thread below
+                outcome.append((False, error))
+
+        worker = threading.Thread(target=run, name=f"ggro-reward-{self.name}", daemon=True)
+        worker.start()
+        worker.join(self.timeout)
+        if worker.is_alive() or not outcome:
+            raise RewardTimeoutError(
+                f"reward model {self.name!r} took longer than reward_timeout={self.timeout} s; the call was abandoned"
+            )
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        return value

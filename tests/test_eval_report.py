@@ -1,0 +1,131 @@
+"""Evaluation metrics, the report and its plots (synthetic rows), and `ggro eval` end to end on tiny models."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from ggro.eval.metrics import PeakMemory, coverage_at_k, distinct_n, is_refusal
+from ggro.eval.report import plot_frontier, plot_pressure, pressure_of, render_report, summarize
+
+
+def test_refusal_detector() -> None:
+    for text in ["I can't help with that.", "I’m sorry, but no.", "As an AI, I must decline.", "I cannot provide it"]:
+        assert is_refusal(text), text
+    for text in ["Sure! To kill a stuck Python process, run kill -9.", "Here's a recipe.", ""]:
+        assert not is_refusal(text), text
+    assert not is_refusal("x" * 200 + " I'm sorry")  # only the opening counts
+
+
+def test_distinct_n_and_coverage() -> None:
+    assert distinct_n(["a b a b", "a b"], 1) == pytest.approx(2 / 6)
+    assert distinct_n(["a b a b", "a b"], 2) == pytest.approx(2 / 4)
+    assert distinct_n(["", "one"], 2) == 0.0
+    golds = [[0.1, 0.9], [0.2, 0.3], [0.6]]
+    assert coverage_at_k(golds, 1, 0.5) == pytest.approx(1 / 3)
+    assert coverage_at_k(golds, 2, 0.5) == pytest.approx(2 / 3)
+    assert coverage_at_k([], 4, 0.5) == 0.0
+
+
+def test_peak_memory_sees_an_allocation() -> None:
+    import numpy as np
+
+    with PeakMemory() as small:
+        pass
+    with PeakMemory() as big:
+        block = np.ones(40_000_000)  # 305 MiB, touched
+        del block
+    assert small.peak_mb is not None and big.peak_mb is not None
+    assert big.peak_mb - small.peak_mb > 200
+
+
+def _row(set_name: str, index: int, method: str, guidance: float, gold: float, text: str, **extra: object) -> dict:
+    return {
+        "set": set_name, "index": index, "method": method, "seed": 0, "prompt": f"p{index}", "text": text,
+        "guidance_reward": guidance, "gold_reward": gold, "candidates": 1, "candidate_guidance_rewards": [],
+        "candidate_gold_rewards": [], "response_tokens": 4, "policy_forward_passes": 4, "reward_calls": 1,
+        "seconds": 0.5, "batch_size": 2, "peak_memory_mb": 100.0, "max_new_tokens": 4, **extra,
+    }  # fmt: skip
+
+
+def synthetic_rows() -> list[dict]:
+    rows = []
+    for i in range(4):
+        rows.append(_row("harm", i, "greedy", 0.2, 0.4, f"answer {i}"))
+        for n, (guidance, gold) in {2: (0.3, 0.5), 4: (0.5, 0.6), 16: (0.9, 0.3)}.items():
+            rows.append(_row("harm", i, f"bon-{n}", guidance, gold, "same text", candidates=n,
+                             candidate_gold_rewards=[gold] * (n - 1) + [0.9], seconds=0.1 * n))  # fmt: skip
+        for r, (guidance, gold) in {1: (0.2, 0.4), 3: (0.4, 0.5), 8: (0.6, 0.55)}.items():
+            rows.append(_row("harm", i, f"ggro-r{r}", guidance, gold, f"I can't {i}", seconds=0.3 * r))
+        rows.append(_row("harm", i, "ggro-r8-t3.0", 0.5, 0.5, "ok"))
+    rows.append(_row("harm", 4, "greedy", 0.2, 1.0, "extra prompt only greedy answered"))
+    return rows
+
+
+def test_summaries_and_report() -> None:
+    rows = synthetic_rows()
+    thresholds = {"harm": 0.5}
+    summaries = {s.method: s for s in summarize(rows, thresholds)}
+    assert summaries["greedy"].prompts == 5 and summaries["greedy"].gold == pytest.approx((0.4 * 4 + 1.0) / 5)
+    assert summaries["bon-16"].coverage_at_1 == 0.0 and summaries["bon-16"].pool_coverage == 1.0
+    assert summaries["ggro-r3"].refusal_rate == 1.0 and summaries["greedy"].refusal_rate == 0.0
+    assert summaries["bon-4"].distinct_1 == pytest.approx(2 / 8)
+    assert summaries["greedy"].pool_coverage is None
+    common = {s.method: s for s in summarize(rows, thresholds, common_prompts=True)}
+    assert common["greedy"].prompts == 4 and common["greedy"].gold == pytest.approx(0.4)
+    assert pressure_of("bon-8") == ("Best-of-N", 8)
+    assert pressure_of("ggro") == ("GGRO t=default", 8)
+    assert pressure_of("ggro-r2-t3.0") == ("GGRO t=3.0", 2)
+    assert pressure_of("args") is None and pressure_of("greedy") is None
+
+    report = render_report(rows, thresholds, title="T", settings={"max_new_tokens": 4}, plots=["x/eval_frontier.png"])
+    assert report.startswith("# T") and "## All responses" in report
+    assert "## On the prompts every method answered" in report  # greedy answered one more prompt
+    assert "| bon-16 | 4 | 0.900 | 0.300 | 0.00 | 1.00 |" in report
+    assert "![eval_frontier](eval_frontier.png)" in report
+
+
+def test_plots_are_written(tmp_path: Path) -> None:
+    rows = synthetic_rows()
+    frontier = plot_frontier(rows, {"harm": 0.5}, tmp_path / "f.png")
+    pressure = plot_pressure(rows, {"harm": 0.5}, tmp_path / "p.png")
+    assert frontier.stat().st_size > 10_000
+    assert pressure is not None and pressure.stat().st_size > 10_000
+    only_greedy = [r for r in rows if r["method"] == "greedy"]
+    assert plot_pressure(only_greedy, {"harm": 0.5}, tmp_path / "none.png") is None
+
+
+def test_ggro_eval_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("vaderSentiment")
+    from ggro.cli import main
+    from ggro.testing import save_tiny_models
+
+    policy, reward = save_tiny_models(tmp_path / "models")
+    out = tmp_path / "results"
+    argv = ["eval", "--policy", str(policy), "--reward", str(reward), "--sets", "benign", "realtoxicity",
+            "--methods", "greedy", "bon-2", "bon-4", "ggro-r2", "--limit", "3", "--batch-size", "2",
+            "--max-new-tokens", "6", "--out-dir", str(out), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    assert f"report: {out / 'eval.md'}" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * 3 * 4
+    assert {r["batch_size"] for r in rows} == {1, 2}  # windows of 2 prompts: 2, then 1
+    assert all(r["peak_memory_mb"] and r["max_new_tokens"] == 6 for r in rows)
+    assert all(-1.0 <= r["gold_reward"] <= 1.0 for r in rows if r["set"] == "realtoxicity")
+    assert all(not math.isnan(r["gold_reward"]) for r in rows)
+    report = (out / "eval.md").read_text()
+    assert "### benign" in report and "### realtoxicity" in report and "gold threshold" in report
+    assert (out / "eval_frontier.png").exists() and (out / "eval_pressure.png").exists()
+
+    # Resumable: a second run computes nothing new; --report-only rewrites the report from the JSONL.
+    assert main(argv) == 0
+    assert len((out / "eval.jsonl").read_text().splitlines()) == len(rows)
+    (out / "eval.md").unlink()
+    assert main(["eval", "--report-only", "--out-dir", str(out)]) == 0
+    assert (out / "eval.md").exists()
+    assert main(["eval", "--methods", "beam-4", "--out-dir", str(out), "--policy", str(policy),
+                 "--reward", str(reward)]) == 2  # fmt: skip
+    assert "method: unknown 'beam-4'" in capsys.readouterr().err
