@@ -515,6 +515,14 @@ FIXED_BUGS = [
         _must_generate_or_name(["prompt"]),
         id="conversation-of-non-dicts",
     ),
+    pytest.param((None,), {"max_new_tokens": 4}, _must_generate_or_name(["prompts"]), id="prompts-None"),
+    pytest.param(
+        ({"role": "user", "content": "hi"},),
+        {"max_new_tokens": 4},
+        _must_generate_or_name(["prompts"]),
+        id="a-bare-message-not-in-a-list",
+    ),
+    pytest.param((iter(["Hi", "Hello"]),), {"max_new_tokens": 4}, _must_generate, id="an-iterator-of-prompts"),
     pytest.param(
         (CANARY_PROMPT,),
         {"config": {"max_new_tokens": 3}},

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -301,7 +301,7 @@ class GGRODecoder:
     def _as_batch(prompts: PromptInput | Sequence[PromptInput]) -> list[PromptInput]:
         if isinstance(prompts, str):
             return [prompts]
-        if not isinstance(prompts, list | tuple):
+        if isinstance(prompts, bytes | Mapping) or not isinstance(prompts, Iterable):
             raise TypeError(
                 f"prompts: expected a string, a list of chat messages or a list of those, got {type(prompts).__name__}"
             )
