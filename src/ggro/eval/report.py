@@ -171,11 +171,7 @@ def plot_frontier(rows: Sequence[Mapping[str, Any]], thresholds: Mapping[str, fl
     """Gold reward against mean seconds per response, one point per method, one panel per set: the methods
     that answered as many prompts as any in the set (a sweep run on fewer prompts is left out), on the prompts
     all of them answered."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     counts: dict[tuple[str, str], set[int]] = defaultdict(set)
     for row in rows:
         counts[(row["set"], row["method"])].add(row["index"])
@@ -196,23 +192,14 @@ def plot_frontier(rows: Sequence[Mapping[str, Any]], thresholds: Mapping[str, fl
         ax.set_xlabel("seconds per response (log)")
         ax.set_ylabel("gold reward (mean)")
         ax.grid(alpha=0.3)
-    fig.suptitle("Cost-quality frontier: gold reward vs wall-clock", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, "Cost-quality frontier: gold reward vs wall-clock", path)
 
 
 def plot_pressure(rows: Sequence[Mapping[str, Any]], thresholds: Mapping[str, float], path: Path) -> Path | None:
     """Guidance (top) and gold (bottom) reward against optimisation pressure, one line per family (Best-of-N
     by N, GGRO by refinement steps per entropy threshold), greedy as a dashed line; one column per set that
     has at least two pressures of a family. None when no set has."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     relevant = [r for r in rows if pressure_of(r["method"]) or r["method"] == "greedy"]
     summaries = summarize(relevant, thresholds, common_prompts=True)
     families: dict[str, dict[str, list[tuple[int, MethodSummary]]]] = defaultdict(lambda: defaultdict(list))
@@ -240,7 +227,22 @@ def plot_pressure(rows: Sequence[Mapping[str, Any]], thresholds: Mapping[str, fl
             ax.set_title(f"{set_name}: {label} (n={n})", fontsize=9)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-    fig.suptitle("Reward hacking check: guidance and gold vs optimisation pressure", fontsize=10)
+    return _save(fig, "Reward hacking check: guidance and gold vs optimisation pressure", path)
+
+
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend (an optional dependency: the `eval` extra)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, title: str, path: Path) -> Path:
+    plt = _pyplot()
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
