@@ -124,8 +124,10 @@ def test_ggro_eval_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(argv) == 0
     assert len((out / "eval.jsonl").read_text().splitlines()) == len(rows)
     (out / "eval.md").unlink()
-    assert main(["eval", "--report-only", "--out-dir", str(out)]) == 0
+    assert main(["eval", "--report-only", "--out-dir", str(out), "--max-new-tokens", "6"]) == 0
     assert (out / "eval.md").exists()
+    assert main(["eval", "--report-only", "--out-dir", str(out)]) == 2  # no rows at the default budget of 16
+    assert "report: no rows in" in capsys.readouterr().err
     assert main(["eval", "--methods", "beam-4", "--out-dir", str(out), "--policy", str(policy),
                  "--reward", str(reward)]) == 2  # fmt: skip
     assert "method: unknown 'beam-4'" in capsys.readouterr().err

@@ -61,6 +61,9 @@ def test_rows_and_resume(decoder: GGRODecoder, tmp_path: Path) -> None:
     assert judge.responses - first_calls == 1 + 3 + 1 + 1  # greedy, bon-2 (answer + 2 samples), args, ggro
     assert len(read_rows(out)) == len({(r["set"], r["index"], r["method"]) for r in rows})
     assert json.loads(out.read_text(encoding="utf-8").splitlines()[0])["seed"] == 0
+    # Another token budget is another run: nothing of the first is reused for it.
+    rows = run_eval(decoder, SETS, ["greedy"], judges, out, max_new_tokens=6, limit=1, progress=False)
+    assert [r["max_new_tokens"] for r in rows].count(6) == 2  # one prompt of each set
 
 
 def test_every_set_needs_a_judge(decoder: GGRODecoder, tmp_path: Path) -> None:

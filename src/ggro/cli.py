@@ -201,7 +201,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     command = "ggro " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["eval"] else "ggro eval"
     if args.report_only:
         path = write_report(
-            out_dir / "eval.jsonl", out_dir, dict(GOLD_THRESHOLDS), title=args.title, settings={"command": command}
+            out_dir / "eval.jsonl",
+            out_dir,
+            dict(GOLD_THRESHOLDS),
+            title=args.title,
+            settings={"command": command, "max_new_tokens": args.max_new_tokens},
+            max_new_tokens=args.max_new_tokens,
         )
         print(f"report: {path}")
         return 0

@@ -109,7 +109,7 @@ def run_eval(
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Run every method on the first ``limit`` prompts of every set, appending one row per response to
-    ``out`` (JSONL). Rows already there (same set, prompt index, method and seed) are skipped, so an
+    ``out`` (JSONL). Rows already there (same set, prompt index, method, seed and budget) are skipped, so an
     interrupted run resumes where it stopped. Batched methods decode ``batch_size`` prompts of a set together;
     each row records its batch size and the peak memory of its batch. Returns all rows of ``out``."""
     parsed = [parse_method(m) for m in methods]
@@ -119,7 +119,7 @@ def run_eval(
     if missing:
         raise ValueError(f"judges: no gold judge for prompt set(s) {missing}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = {(r["set"], r["index"], r["method"], r["seed"]) for r in read_rows(out)}
+    done = {(r["set"], r["index"], r["method"], r["seed"], r["max_new_tokens"]) for r in read_rows(out)}
     # Prompt-index windows outermost, then sets, then methods: a run stopped early still covers every
     # method and set on the same first prompts.
     chunks: list[tuple[str, Method, list[tuple[int, str]]]] = []
@@ -130,7 +130,7 @@ def run_eval(
                 pending = [
                     (index, prompts[index])
                     for index in range(window, min(window + batch_size, len(prompts[:limit])))
-                    if (set_name, index, method.name, seed) not in done
+                    if (set_name, index, method.name, seed, max_new_tokens) not in done
                 ]
                 size = batch_size if method.batched else 1
                 chunks += [(set_name, method, pending[i : i + size]) for i in range(0, len(pending), size)]

@@ -89,14 +89,23 @@ def default_suite(sets: Sequence[str] = PROMPT_SETS, size: int = 100) -> EvalSui
 
 
 def write_report(
-    jsonl: Path, out_dir: Path, thresholds: dict[str, float], *, title: str, settings: dict[str, Any]
+    jsonl: Path,
+    out_dir: Path,
+    thresholds: dict[str, float],
+    *,
+    title: str,
+    settings: dict[str, Any],
+    max_new_tokens: int | None = None,
 ) -> Path:
-    """Render ``eval.md`` and its two plots in ``out_dir`` from the rows in ``jsonl``; returns the report path."""
+    """Render ``eval.md`` and its two plots in ``out_dir`` from the rows in ``jsonl`` (those with this token
+    budget, when given); returns the report path."""
     from .report import plot_frontier, plot_pressure, render_report
 
-    rows = read_rows(jsonl)
+    rows = [r for r in read_rows(jsonl) if max_new_tokens is None or r["max_new_tokens"] == max_new_tokens]
     if not rows:
-        raise ValueError(f"report: no rows in {jsonl}")
+        raise ValueError(
+            f"report: no rows in {jsonl}" + (f" with max_new_tokens={max_new_tokens}" if max_new_tokens else "")
+        )
     sets_seen = {r["set"] for r in rows}
     thresholds = {name: value for name, value in thresholds.items() if name in sets_seen}
     plots = [plot_frontier(rows, thresholds, out_dir / "eval_frontier.png")]
@@ -141,5 +150,10 @@ def evaluate(
     info = {"policy": decoder.policy.name_or_path, "guidance reward": decoder.reward.name, **(settings or {})}
     info.update(max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
     return write_report(
-        jsonl, out_dir, suite.thresholds, title="Evaluation: greedy, Best-of-N, ARGS and GGRO", settings=info
+        jsonl,
+        out_dir,
+        suite.thresholds,
+        title="Evaluation: greedy, Best-of-N, ARGS and GGRO",
+        settings=info,
+        max_new_tokens=max_new_tokens,
     )
