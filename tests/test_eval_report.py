@@ -123,6 +123,10 @@ def test_ggro_eval_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixt
     # Resumable: a second run computes nothing new; --report-only rewrites the report from the JSONL.
     assert main(argv) == 0
     assert len((out / "eval.jsonl").read_text().splitlines()) == len(rows)
+    # A run over fewer sets still reports every set the file holds.
+    one_set = [*argv[: argv.index("--sets") + 1], "benign", *argv[argv.index("--methods") :]]
+    assert main(one_set) == 0
+    assert "### realtoxicity" in (out / "eval.md").read_text()
     (out / "eval.md").unlink()
     assert main(["eval", "--report-only", "--out-dir", str(out), "--max-new-tokens", "6"]) == 0
     assert (out / "eval.md").exists()

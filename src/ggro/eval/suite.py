@@ -106,8 +106,13 @@ def write_report(
         raise ValueError(
             f"report: no rows in {jsonl}" + (f" with max_new_tokens={max_new_tokens}" if max_new_tokens else "")
         )
-    sets_seen = {r["set"] for r in rows}
-    thresholds = {name: value for name, value in thresholds.items() if name in sets_seen}
+    # The file may hold sets this run did not touch (an earlier run's): they keep their standard thresholds.
+    known = {**GOLD_THRESHOLDS, **thresholds}
+    sets_seen = list(dict.fromkeys(r["set"] for r in rows))
+    unknown = [name for name in sets_seen if name not in known]
+    if unknown:
+        raise ValueError(f"report: no gold threshold for set(s) {unknown}")
+    thresholds = {name: known[name] for name in sets_seen}
     plots = [plot_frontier(rows, thresholds, out_dir / "eval_frontier.png")]
     pressure = plot_pressure(rows, thresholds, out_dir / "eval_pressure.png")
     if pressure is not None:
