@@ -68,6 +68,8 @@ def synthetic_rows() -> list[dict]:
 def test_summaries_and_report() -> None:
     rows = synthetic_rows()
     thresholds = {"harm": 0.5}
+    ordered = [s.method for s in summarize(rows, thresholds)]
+    assert ordered == ["greedy", "bon-2", "bon-4", "bon-16", "ggro-r8-t3.0", "ggro-r1", "ggro-r3", "ggro-r8"]
     summaries = {s.method: s for s in summarize(rows, thresholds)}
     assert summaries["greedy"].prompts == 5 and summaries["greedy"].gold == pytest.approx((0.4 * 4 + 1.0) / 5)
     assert summaries["bon-16"].coverage_at_1 == 0.0 and summaries["bon-16"].pool_coverage == 1.0

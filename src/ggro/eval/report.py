@@ -52,11 +52,14 @@ def _mean(values: Sequence[float]) -> float:
 def summarize(
     rows: Sequence[Mapping[str, Any]], thresholds: Mapping[str, float], *, common_prompts: bool = False
 ) -> list[MethodSummary]:
-    """One summary per (set, method), in the order they first appear. ``common_prompts``: only the prompts
+    """One summary per (set, method): sets in the order they first appear, methods greedy, Best-of-N by N,
+    ARGS, then GGRO by threshold and refinement steps. ``common_prompts``: only the prompts
     every method of the set has answered, so methods are compared on the same prompts."""
     by_key: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    sets: dict[str, int] = {}
     for row in rows:
         by_key[(row["set"], row["method"])].append(row)
+        sets.setdefault(row["set"], len(sets))
     if common_prompts:
         shared: dict[str, set[int]] = {}
         for (set_name, _), group in by_key.items():
@@ -64,7 +67,7 @@ def summarize(
             shared[set_name] = shared[set_name] & indices if set_name in shared else indices
         by_key = {k: [r for r in g if r["index"] in shared[k[0]]] for k, g in by_key.items()}
     summaries = []
-    for (set_name, method), group in by_key.items():
+    for (set_name, method), group in sorted(by_key.items(), key=lambda item: (sets[item[0][0]], _order(item[0][1]))):
         if not group:
             continue
         threshold = thresholds[set_name]
@@ -92,6 +95,17 @@ def summarize(
             )
         )
     return summaries
+
+
+def _order(method: str) -> tuple[int, str, int, str]:
+    pressure = pressure_of(method)
+    if method == "greedy":
+        return (0, "", 0, method)
+    if pressure is not None and pressure[0] == "Best-of-N":
+        return (1, "", pressure[1], method)
+    if pressure is not None:
+        return (3, pressure[0], pressure[1], method)
+    return (2, "", 0, method)  # ARGS and anything else
 
 
 def pressure_of(method: str) -> tuple[str, int] | None:
