@@ -5,10 +5,12 @@ reports (policy forward passes, reward-model calls, seconds), so methods compare
 
 - **greedy**: the policy's greedy ``generate`` (the same tokens as GGRO with one candidate per segment,
   without its reward-model work), then one reward of the response.
-- **Best-of-N**: N responses sampled from the policy (temperature 1, no truncation, one batched
-  ``generate``), each scored by the guidance reward; the best-rewarded one is returned.
+- **Best-of-N**: N responses sampled from the policy (temperature 1, no truncation, batched ``generate``),
+  scored by the guidance reward in one batched pass over the responses on the prompt's cached prefix (as
+  GGRO's scoring is); the best-rewarded one is returned.
 - **ARGS** (Khanov et al., 2024, greedy variant): at every token, each of the policy's top-k tokens ``v``
-  scores ``logit(v) + w * r(context + v)``; the best-scoring one is appended.
+  scores ``logit(v) + w * r(context + v)`` (the k rewards in one batched pass on the context's cached
+  prefix); the best-scoring one is appended.
 """
 
 from __future__ import annotations
