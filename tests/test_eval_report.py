@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ggro.eval.metrics import PeakMemory, coverage_at_k, distinct_n, is_refusal
-from ggro.eval.report import plot_frontier, plot_pressure, pressure_of, render_report, summarize
+from ggro.eval.report import paired_difference, plot_frontier, plot_pressure, pressure_of, render_report, summarize
 
 
 def test_refusal_detector() -> None:
@@ -88,6 +88,18 @@ def test_summaries_and_report() -> None:
     assert "## On the prompts every method answered" in report  # greedy answered one more prompt
     assert "| bon-16 | 4 | 0.900 | 0.300 | 0.00 | 1.00 |" in report
     assert "![eval_frontier](eval_frontier.png)" in report
+    assert "## Paired differences" in report
+    assert "| harm | bon-16 − greedy | 4 | -0.100 [-0.100, -0.100] | +0.700 [+0.700, +0.700] |" in report
+
+
+def test_paired_difference_interval() -> None:
+    rows = [_row("s", i, "a", 0.0, 0.5 + 0.1 * (i % 2), "x") for i in range(40)]
+    rows += [_row("s", i, "b", 0.0, 0.5, "y") for i in range(40)]
+    rows.append(_row("s", 99, "a", 0.0, 9.0, "only a answered this prompt: not compared"))
+    mean, low, high, n = paired_difference(rows, "s", "a", "b") or (0, 0, 0, 0)
+    assert n == 40 and mean == pytest.approx(0.05)
+    assert 0.0 < low < mean < high < 0.1  # half the prompts differ by 0.1: the interval is around 0.05
+    assert paired_difference(rows, "s", "a", "zzz") is None
 
 
 def test_plots_are_written(tmp_path: Path) -> None:

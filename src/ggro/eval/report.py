@@ -8,6 +8,7 @@ gold falls, the method is hacking the guidance reward.
 from __future__ import annotations
 
 import math
+import random
 import re
 import statistics
 from collections import defaultdict
@@ -18,7 +19,16 @@ from typing import Any
 
 from .metrics import coverage_at_k, distinct_n, is_refusal
 
-__all__ = ["MethodSummary", "plot_frontier", "plot_pressure", "pressure_of", "render_report", "summarize"]
+__all__ = [
+    "PAIRS",
+    "MethodSummary",
+    "paired_difference",
+    "plot_frontier",
+    "plot_pressure",
+    "pressure_of",
+    "render_report",
+    "summarize",
+]
 
 
 @dataclass(frozen=True)
@@ -166,9 +176,70 @@ def render_report(
                     f"| {_fmt(s.policy_forward_passes, 1)} | {_fmt(s.reward_calls, 1)} | {_fmt(s.peak_memory_mb, 0)} |"
                 )
             lines.append("")
+    lines += _paired_section(rows)
     for plot in plots:
         lines += [f"![{Path(plot).stem}]({Path(plot).name})", ""]
     return "\n".join(lines)
+
+
+PAIRS = [("ggro", "greedy"), ("ggro", "bon-4"), ("ggro", "bon-16"), ("ggro", "args"), ("bon-16", "greedy")]
+"""The comparisons the paired section reports, where both methods ran."""
+
+
+def paired_difference(
+    rows: Sequence[Mapping[str, Any]],
+    set_name: str,
+    method: str,
+    baseline: str,
+    *,
+    key: str = "gold_reward",
+    resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float, float, int] | None:
+    """Mean of ``method - baseline`` over the prompts of ``set_name`` both answered, with a 95% bootstrap
+    interval over prompts (seeded): ``(mean, low, high, n)``; None when they share no prompt."""
+    by_prompt: dict[str, dict[int, float]] = {method: {}, baseline: {}}
+    for row in rows:
+        if row["set"] == set_name and row["method"] in by_prompt and row[key] is not None:
+            by_prompt[row["method"]][row["index"]] = float(row[key])
+    shared = sorted(set(by_prompt[method]) & set(by_prompt[baseline]))
+    if not shared:
+        return None
+    diffs = [by_prompt[method][i] - by_prompt[baseline][i] for i in shared]
+    rng = random.Random(seed)
+    means = sorted(statistics.fmean(rng.choices(diffs, k=len(diffs))) for _ in range(resamples))
+    return statistics.fmean(diffs), means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1], len(diffs)
+
+
+def _paired_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    lines = [
+        "## Paired differences",
+        "",
+        "Per prompt, method minus baseline, on the prompts both answered; mean and 95% bootstrap interval over "
+        "prompts (2000 resamples, seed 0). An interval that excludes 0 is a difference these prompts support.",
+        "",
+        "| set | method − baseline | n | gold | guidance |",
+        "|---|---|---|---|---|",
+    ]
+    found = False
+    for set_name in dict.fromkeys(r["set"] for r in rows):
+        for method, baseline in PAIRS:
+            gold = paired_difference(rows, set_name, method, baseline)
+            if gold is None:
+                continue
+            found = True
+            guidance = paired_difference(rows, set_name, method, baseline, key="guidance_reward")
+            lines.append(
+                f"| {set_name} | {method} − {baseline} | {gold[3]} | {_interval(gold)} | {_interval(guidance)} |"
+            )
+    return [*lines, ""] if found else []
+
+
+def _interval(difference: tuple[float, float, float, int] | None) -> str:
+    if difference is None:
+        return "n/a"
+    mean, low, high, _ = difference
+    return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
 
 
 def _uneven(rows: Sequence[Mapping[str, Any]]) -> bool:
