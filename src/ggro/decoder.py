@@ -381,7 +381,7 @@ class GGRODecoder:
         stats: _Stats,
         started: float,
     ) -> _Coroutine:
-        guard = RewardGuard(self.reward.name, cfg.reward_timeout)
+        guard = RewardGuard(self.reward.name, cfg.reward_timeout, fallback=cfg.reward_failure == "fallback")
         session = self.reward.open_session(context)
         generator = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None
         response_start = len(prompt_ids)
@@ -541,11 +541,8 @@ class GGRODecoder:
                 break
             wants_proposal = r < steps - 1 and len(cand.tokens) > plan.offset
             grad_at = plan.offset if wants_proposal and self.reward.differentiable else None
-            try:
-                score = guard.call(session.score_segment, ids, cand.tokens, grad_at)
-            except RewardError:
-                if cfg.reward_failure == "raise":
-                    raise
+            score = guard.attempt(session.score_segment, ids, cand.tokens, grad_at)
+            if score is None:  # the reward failed under reward_failure='fallback'
                 fallback = True
                 break
             cand.reward = score.reward
@@ -589,13 +586,11 @@ class GGRODecoder:
                 # No gradient: score each top-k variant of this candidate exactly, in one batch.
                 head, tail = cand.tokens[: plan.offset], cand.tokens[plan.offset + 1 :]
                 variants = [[*ids, *head, v, *tail] for v in top_k.tolist()]
-                try:
-                    exact = torch.tensor(guard.call(session.score_many, variants), dtype=torch.float32)
-                except RewardError:
-                    if cfg.reward_failure == "raise":
-                        raise
+                scores = guard.attempt(session.score_many, variants)
+                if scores is None:
                     fallback = True
                     break
+                exact = torch.tensor(scores, dtype=torch.float32)
                 cand.proposal = choose_nudge(
                     exact,
                     top_k,
@@ -774,13 +769,8 @@ class GGRODecoder:
                 scored = scored[:-1]
         if same_as_candidate and scored is ids and kept.reward is not None:
             return kept.reward if _finite(kept.reward) else None
-        try:
-            value = guard.call(session.score_sequence, scored)
-        except RewardError:
-            if cfg.reward_failure == "raise":
-                raise
-            return None
-        return value if _finite(value) else None
+        value = guard.attempt(session.score_sequence, scored)
+        return value if value is not None and _finite(value) else None
 
 
 def _check_unicode(text: str, what: str) -> None:

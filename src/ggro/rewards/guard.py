@@ -24,17 +24,27 @@ class RewardTimeoutError(RewardError):
 
 
 class RewardGuard:
-    """Runs one sequence's reward calls; remembers the first failure."""
+    """Runs one sequence's reward calls under the failure policy; remembers the first failure."""
 
-    def __init__(self, name: str, timeout: float | None):
+    def __init__(self, name: str, timeout: float | None, fallback: bool = False):
         self.name = name
         self.timeout = timeout
+        self.fallback = fallback
         self.error: RewardError | None = None
 
     @property
     def broken(self) -> bool:
         """A call failed: the session may be half-updated (or still in use by a late call)."""
         return self.error is not None
+
+    def attempt(self, fn: Callable[..., T], *args: Any) -> T | None:
+        """``fn(*args)``; on a failure, None under the fallback policy, else the :class:`RewardError`."""
+        try:
+            return self.call(fn, *args)
+        except RewardError:
+            if not self.fallback:
+                raise
+            return None
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         if self.broken:
