@@ -4,8 +4,8 @@ Message lists mix LangChain messages, ``(role, content)`` tuples, ``{"role", "co
 strings, with unknown roles, missing or non-string content, multimodal blocks, empty lists and system-only
 conversations. Each must either be answered or fail with a clear typed error naming the problem, and the
 next call must answer exactly as before (no poisoned state). The number of inputs tried is printed in the
-terminal summary. Lone surrogates are left out: they hit a known decoder bug, pinned in the core suite
-(tests/test_properties.py::test_known_bug[lone-surrogate]).
+terminal summary. Lone surrogates are left out here: the decoder refuses them, and the core suite covers
+that (tests/test_properties.py, the prompt and chat properties and the fixed-bug cases).
 """
 
 from __future__ import annotations
@@ -123,7 +123,9 @@ def _raised_by_langchain_coercion(error: BaseException) -> bool:
     return bool(frames) and "langchain_core" in frames[-1].filename and "messages" in frames[-1].filename
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True)
+@settings(  # the same inputs every run, so a red build is reproducible
+    max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
 @given(items=st.lists(message(), max_size=4))
 def test_odd_message_lists_answer_or_fail_clearly(
     chat: ChatGGRO, canary: Callable[[], None], items: list[tuple[Any, bool, str]]
