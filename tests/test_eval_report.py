@@ -69,7 +69,7 @@ def test_summaries_and_report() -> None:
     rows = synthetic_rows()
     thresholds = {"harm": 0.5}
     ordered = [s.method for s in summarize(rows, thresholds)]
-    assert ordered == ["greedy", "bon-2", "bon-4", "bon-16", "ggro-r8-t3.0", "ggro-r1", "ggro-r3", "ggro-r8"]
+    assert ordered == ["greedy", "bon-2", "bon-4", "bon-16", "ggro-r1", "ggro-r3", "ggro-r8", "ggro-r8-t3.0"]
     summaries = {s.method: s for s in summarize(rows, thresholds)}
     assert summaries["greedy"].prompts == 5 and summaries["greedy"].gold == pytest.approx((0.4 * 4 + 1.0) / 5)
     assert summaries["bon-16"].coverage_at_1 == 0.0 and summaries["bon-16"].pool_coverage == 1.0
@@ -79,8 +79,8 @@ def test_summaries_and_report() -> None:
     common = {s.method: s for s in summarize(rows, thresholds, common_prompts=True)}
     assert common["greedy"].prompts == 4 and common["greedy"].gold == pytest.approx(0.4)
     assert pressure_of("bon-8") == ("Best-of-N", 8)
-    assert pressure_of("ggro") == ("GGRO t=default", 8)
-    assert pressure_of("ggro-r2-t3.0") == ("GGRO t=3.0", 2)
+    assert pressure_of("ggro") == ("GGRO t=1.5", 8)  # the decoder defaults, named
+    assert pressure_of("ggro-r2-t3.0") == ("GGRO t=3", 2)
     assert pressure_of("args") is None and pressure_of("greedy") is None
 
     report = render_report(rows, thresholds, title="T", settings={"max_new_tokens": 4}, plots=["x/eval_frontier.png"])
@@ -110,6 +110,17 @@ def test_plots_are_written(tmp_path: Path) -> None:
     assert pressure is not None and pressure.stat().st_size > 10_000
     only_greedy = [r for r in rows if r["method"] == "greedy"]
     assert plot_pressure(only_greedy, {"harm": 0.5}, tmp_path / "none.png") is None
+
+
+def test_frontier_adds_a_sweep_row_where_a_method_ran_on_fewer_prompts(tmp_path: Path) -> None:
+    import matplotlib.image
+
+    rows = [r for r in synthetic_rows() if r["index"] < 4]  # every method on the same 4 prompts
+    even = matplotlib.image.imread(plot_frontier(rows, {"harm": 0.5}, tmp_path / "even.png"))
+    sweep = [_row("harm", i, "bon-8", 0.6, 0.5, "s", seconds=0.8) for i in range(2)]  # 2 of the 4 prompts
+    uneven = matplotlib.image.imread(plot_frontier(rows + sweep, {"harm": 0.5}, tmp_path / "uneven.png"))
+    assert uneven.shape[0] > 1.8 * even.shape[0]  # a second row of panels: every method on the 2 shared prompts
+    assert uneven.shape[1] == even.shape[1]
 
 
 def test_ggro_eval_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

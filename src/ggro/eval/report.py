@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import GGROConfig
 from .metrics import coverage_at_k, distinct_n, is_refusal
 
 __all__ = [
@@ -29,6 +30,9 @@ __all__ = [
     "render_report",
     "summarize",
 ]
+
+
+_DEFAULTS = GGROConfig()
 
 
 @dataclass(frozen=True)
@@ -119,12 +123,14 @@ def _order(method: str) -> tuple[int, str, int, str]:
 
 
 def pressure_of(method: str) -> tuple[str, int] | None:
-    """``(family, pressure)`` of a method name: Best-of-N → ("Best-of-N", N); GGRO → ("GGRO t=T", R)
-    (default threshold shown as "default"); None for the others."""
+    """``(family, pressure)`` of a method name: Best-of-N → ("Best-of-N", N); GGRO → ("GGRO t=T", R), an
+    omitted R or T being the decoder's default (``ggro`` is "GGRO t=1.5" at 8 steps); None for the others."""
     if match := re.fullmatch(r"bon-(\d+)", method):
         return "Best-of-N", int(match.group(1))
     if match := re.fullmatch(r"ggro(?:-r(\d+))?(?:-t([\d.]+))?", method):
-        return f"GGRO t={match.group(2) or 'default'}", int(match.group(1) or 8)
+        steps = int(match.group(1)) if match.group(1) else _DEFAULTS.refinement_steps
+        threshold = float(match.group(2)) if match.group(2) else _DEFAULTS.entropy_threshold
+        return f"GGRO t={threshold:g}", steps
     return None
 
 
@@ -253,31 +259,75 @@ def _uneven(rows: Sequence[Mapping[str, Any]]) -> bool:
 
 
 def plot_frontier(rows: Sequence[Mapping[str, Any]], thresholds: Mapping[str, float], path: Path) -> Path:
-    """Gold reward against mean seconds per response, one point per method, one panel per set: the methods
-    that answered as many prompts as any in the set (a sweep run on fewer prompts is left out), on the prompts
-    all of them answered."""
+    """Gold reward against mean seconds per response, one point per method, one panel per set.
+
+    Top row: the methods that answered as many prompts as any in the set (a sweep run on fewer prompts is
+    left out). Bottom row, for sets where a sweep ran on fewer prompts: every method on the prompts all of
+    them answered, each family's points (Best-of-N by N, GGRO by steps) joined, so methods compare at matched
+    wall-clock."""
     plt = _pyplot()
     counts: dict[tuple[str, str], set[int]] = defaultdict(set)
     for row in rows:
         counts[(row["set"], row["method"])].add(row["index"])
     most = {s: max(len(i) for (name, _), i in counts.items() if name == s) for s, _ in counts}
     full = [r for r in rows if len(counts[(r["set"], r["method"])]) == most[r["set"]]]
-    summaries = summarize(full, thresholds, common_prompts=True)
-    sets = list(dict.fromkeys(s.set for s in summaries))
-    fig, axes = plt.subplots(1, len(sets), figsize=(4.2 * len(sets), 3.8), squeeze=False)
-    for ax, set_name in zip(axes[0], sets, strict=True):
-        for s in (s for s in summaries if s.set == set_name):
-            family = pressure_of(s.method)
-            marker = {"Best-of-N": "s"}.get(family[0], "o") if family else "^"
-            ax.scatter(s.seconds, s.gold, marker=marker)
-            ax.annotate(s.method, (s.seconds, s.gold), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        n = next(s.prompts for s in summaries if s.set == set_name)
-        ax.set_xscale("log")
-        ax.set_title(f"{set_name} (n={n})", fontsize=9)
-        ax.set_xlabel("seconds per response (log)")
-        ax.set_ylabel("gold reward (mean)")
-        ax.grid(alpha=0.3)
+    top = summarize(full, thresholds, common_prompts=True)
+    sets = list(dict.fromkeys(s.set for s in top))
+    swept = {name for name in sets if any(len(i) < most[name] for (s, _), i in counts.items() if s == name)}
+    every = summarize(rows, thresholds, common_prompts=True) if swept else []
+    fig, axes = plt.subplots(
+        2 if swept else 1, len(sets), figsize=(4.2 * len(sets), 3.8 * (2 if swept else 1)), squeeze=False
+    )
+    for column, set_name in enumerate(sets):
+        _frontier_panel(axes[0][column], [s for s in top if s.set == set_name], set_name)
+        if not swept:
+            continue
+        if set_name in swept:
+            _frontier_panel(axes[1][column], [s for s in every if s.set == set_name], f"{set_name}, with the sweep")
+        else:
+            axes[1][column].axis("off")
     return _save(fig, "Cost-quality frontier: gold reward vs wall-clock", path)
+
+
+def _frontier_panel(ax: Any, summaries: Sequence[MethodSummary], title: str) -> None:
+    families: dict[str, list[tuple[int, MethodSummary]]] = defaultdict(list)
+    for s in summaries:
+        family = pressure_of(s.method)
+        if family is not None:
+            families[family[0]].append((family[1], s))
+        marker = ({"Best-of-N": "s"}.get(family[0], "o")) if family else "^"
+        ax.scatter(s.seconds, s.gold, marker=marker, color=_colour(family[0] if family else s.method), zorder=3)
+        ax.annotate(s.method, (s.seconds, s.gold), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    for name, points in families.items():
+        if len(points) > 1:
+            points.sort(key=lambda p: p[0])
+            line = [s for _, s in points]
+            ax.plot([s.seconds for s in line], [s.gold for s in line], color=_colour(name), alpha=0.5, label=name)
+    if any(len(points) > 1 for points in families.values()):
+        ax.legend(fontsize=7)
+    _log2_axis(ax)
+    ax.set_title(f"{title} (n={summaries[0].prompts})", fontsize=9)
+    ax.set_xlabel("seconds per response (log scale)", fontsize=8)
+    ax.set_ylabel("gold reward (mean)", fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+def _colour(name: str) -> str:
+    """One colour per method family, the same in every panel."""
+    palette = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive"]
+    known = {"greedy": 0, "Best-of-N": 1, "args": 3}
+    if name in known:
+        return palette[known[name]]
+    return palette[4 + sum(map(ord, name)) % 4]  # GGRO families (stable across runs, unlike hash())
+
+
+def _log2_axis(ax: Any) -> None:
+    """A base-2 log x axis labelled with plain numbers (0.5, 1, 2, 4), without crowded minor labels."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def plot_pressure(rows: Sequence[Mapping[str, Any]], thresholds: Mapping[str, float], path: Path) -> Path | None:
@@ -302,12 +352,19 @@ def plot_pressure(rows: Sequence[Mapping[str, Any]], thresholds: Mapping[str, fl
             for name, points in sorted(families[set_name].items()):
                 points.sort(key=lambda p: p[0])
                 ys = [getattr(s, value) for _, s in points]
-                ax.plot([p for p, _ in points], [math.nan if y is None else y for y in ys], marker="o", label=name)
+                ax.plot(
+                    [p for p, _ in points],
+                    [math.nan if y is None else y for y in ys],
+                    marker="o",
+                    color=_colour(name),
+                    label=name,
+                )
             if greedy is not None and getattr(greedy, value) is not None:
                 ax.axhline(getattr(greedy, value), linestyle="--", color="grey", label="greedy")
-            ax.set_xscale("log", base=2)
-            ax.set_xlabel("optimisation pressure (N for Best-of-N, refinement steps for GGRO)")
-            ax.set_ylabel(f"{label} reward (mean)")
+            _log2_axis(ax)
+            if row_index == 1:
+                ax.set_xlabel("N (Best-of-N) or refinement steps (GGRO)", fontsize=8)
+            ax.set_ylabel(f"{label} reward (mean)", fontsize=8)
             n = next(s.prompts for s in summaries if s.set == set_name)
             ax.set_title(f"{set_name}: {label} (n={n})", fontsize=9)
             ax.grid(alpha=0.3)
