@@ -154,7 +154,7 @@ def test_ggro_eval_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "### realtoxicity" in (out / "eval.md").read_text()
     (out / "eval.md").unlink()
     assert main(["eval", "--report-only", "--out-dir", str(out), "--max-new-tokens", "6"]) == 0
-    assert (out / "eval.md").exists()
+    assert "- policy: `tiny-policy`" in (out / "eval.md").read_text()  # read from the rows, not the command
     assert main(["eval", "--report-only", "--out-dir", str(out)]) == 2  # no rows at the default budget of 16
     assert "report: no rows in" in capsys.readouterr().err
     assert main(["eval", "--methods", "beam-4", "--out-dir", str(out), "--policy", str(policy),

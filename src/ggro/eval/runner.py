@@ -19,7 +19,7 @@ from ..decoder import GGRODecoder
 from .methods import MethodOutput, args_decode, best_of_n_batch, greedy_batch
 from .metrics import PeakMemory
 
-__all__ = ["Judge", "Method", "parse_method", "read_rows", "run_eval"]
+__all__ = ["Judge", "Method", "model_identity", "parse_method", "read_rows", "run_eval"]
 
 Judge = Callable[[list[str], list[str]], list[float]]
 
@@ -95,6 +95,13 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def model_identity(decoder: GGRODecoder) -> dict[str, str]:
+    """The policy and guidance reward every row records. A local policy is named by its folder, so a results
+    file made on one machine resumes on another."""
+    name = str(decoder.policy.name_or_path)
+    return {"policy": Path(name).name if Path(name).is_absolute() else name, "reward": decoder.reward.name}
+
+
 def run_eval(
     decoder: GGRODecoder,
     prompt_sets: Mapping[str, Sequence[str]],
@@ -111,7 +118,8 @@ def run_eval(
     """Run every method on the first ``limit`` prompts of every set, appending one row per response to
     ``out`` (JSONL). Rows already there (same set, prompt index, method, seed and budget) are skipped, so an
     interrupted run resumes where it stopped. Batched methods decode ``batch_size`` prompts of a set together;
-    each row records its batch size and the peak memory of its batch. Returns all rows of ``out``."""
+    each row records its batch size, the peak memory of its batch and the models (:func:`model_identity`); a
+    file holding rows of other models is refused rather than mixed. Returns all rows of ``out``."""
     parsed = [parse_method(m) for m in methods]
     if batch_size < 1:
         raise ValueError(f"batch_size: must be at least 1, got {batch_size}")
@@ -119,7 +127,15 @@ def run_eval(
     if missing:
         raise ValueError(f"judges: no gold judge for prompt set(s) {missing}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = {(r["set"], r["index"], r["method"], r["seed"], r["max_new_tokens"]) for r in read_rows(out)}
+    identity = model_identity(decoder)
+    existing = read_rows(out)
+    other = next((r for r in existing if {key: r.get(key) for key in identity} != identity), None)
+    if other is not None:
+        raise ValueError(
+            f"out: {out} holds rows made with policy {other.get('policy')!r} and reward {other.get('reward')!r}, "
+            f"not {identity['policy']!r} and {identity['reward']!r}; write to another file (ggro eval --out-dir)"
+        )
+    done = {(r["set"], r["index"], r["method"], r["seed"], r["max_new_tokens"]) for r in existing}
     # Prompt-index windows outermost, then sets, then methods: a run stopped early still covers every
     # method and set on the same first prompts.
     chunks: list[tuple[str, Method, list[tuple[int, str]]]] = []
@@ -169,6 +185,7 @@ def run_eval(
                     "batch_size": len(items),
                     "peak_memory_mb": memory.peak_mb,
                     "max_new_tokens": max_new_tokens,
+                    **identity,
                 }
                 sink.write(json.dumps(row) + "\n")
             sink.flush()  # a killed run loses at most the batch in progress
