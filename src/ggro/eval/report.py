@@ -316,8 +316,9 @@ def _colour(name: str) -> str:
     """One colour per method family, the same in every panel."""
     palette = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive"]
     known = {"greedy": 0, "Best-of-N": 1, "args": 3}
-    if name in known:
-        return palette[known[name]]
+    family = "args" if name.startswith("args") else name  # args, args-k5-w2, ...
+    if family in known:
+        return palette[known[family]]
     return palette[4 + sum(map(ord, name)) % 4]  # GGRO families (stable across runs, unlike hash())
 
 
