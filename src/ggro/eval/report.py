@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import random
-import re
 import statistics
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -19,6 +18,7 @@ from typing import Any
 
 from ..config import GGROConfig
 from .metrics import coverage_at_k, distinct_n, is_refusal
+from .runner import best_of_n_size, ggro_variant
 
 __all__ = [
     "PAIRS",
@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 
-_DEFAULTS = GGROConfig()
+_DEFAULT_THRESHOLD: float = GGROConfig.model_fields["entropy_threshold"].default
 
 
 @dataclass(frozen=True)
@@ -125,12 +125,11 @@ def _order(method: str) -> tuple[int, str, int, str]:
 def pressure_of(method: str) -> tuple[str, int] | None:
     """``(family, pressure)`` of a method name: Best-of-N → ("Best-of-N", N); GGRO → ("GGRO t=T", R), an
     omitted R or T being the decoder's default (``ggro`` is "GGRO t=1.5" at 8 steps); None for the others."""
-    if match := re.fullmatch(r"bon-(\d+)", method):
-        return "Best-of-N", int(match.group(1))
-    if match := re.fullmatch(r"ggro(?:-r(\d+))?(?:-t([\d.]+))?", method):
-        steps = int(match.group(1)) if match.group(1) else _DEFAULTS.refinement_steps
-        threshold = float(match.group(2)) if match.group(2) else _DEFAULTS.entropy_threshold
-        return f"GGRO t={threshold:g}", steps
+    if (n := best_of_n_size(method)) is not None:
+        return "Best-of-N", n
+    if (variant := ggro_variant(method)) is not None:
+        steps, threshold = variant
+        return f"GGRO t={_DEFAULT_THRESHOLD if threshold is None else threshold:g}", steps
     return None
 
 

@@ -15,11 +15,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import GGROConfig
 from ..decoder import GGRODecoder
 from .methods import MethodOutput, args_decode, best_of_n_batch, greedy_batch
 from .metrics import PeakMemory
 
-__all__ = ["Judge", "Method", "model_identity", "parse_method", "read_rows", "run_eval"]
+__all__ = [
+    "Judge",
+    "Method",
+    "best_of_n_size",
+    "ggro_variant",
+    "model_identity",
+    "parse_method",
+    "read_rows",
+    "run_eval",
+]
 
 Judge = Callable[[list[str], list[str]], list[float]]
 
@@ -61,22 +71,35 @@ def _ggro(refinement_steps: int, entropy_threshold: float | None) -> RunBatch:
     return run
 
 
+def best_of_n_size(name: str) -> int | None:
+    """N of a Best-of-N method name (``bon-N``); None for any other name."""
+    match = re.fullmatch(r"bon-(\d+)", name)
+    return int(match.group(1)) if match else None
+
+
+def ggro_variant(name: str) -> tuple[int, float | None] | None:
+    """(refinement steps, entropy threshold) of a GGRO method name: ``ggro`` has the decoder's default steps, and a
+    threshold of None means the decoder's own. None for any other name."""
+    match = re.fullmatch(r"ggro(?:-r(\d+))?(?:-t([\d.]+))?", name)
+    if not match:
+        return None
+    steps = int(match.group(1)) if match.group(1) else GGROConfig.model_fields["refinement_steps"].default
+    return steps, float(match.group(2)) if match.group(2) else None
+
+
 def parse_method(name: str) -> Method:
     """The method a name stands for (see the module docstring); a clear error for anything else."""
     if name == "greedy":
         return Method(name, lambda d, ps, m, s: greedy_batch(d, ps, m))
-    if match := re.fullmatch(r"bon-(\d+)", name):
-        n = int(match.group(1))
+    if (n := best_of_n_size(name)) is not None:
         return Method(name, lambda d, ps, m, s: best_of_n_batch(d, ps, n, m, seed=s))
     if match := re.fullmatch(r"args(?:-k(\d+)-w([\d.]+))?", name):
         k = int(match.group(1) or 10)
         w = float(match.group(2) or 1.0)
         # One prompt at a time: token-level reward guidance is not batched across prompts here.
         return Method(name, lambda d, ps, m, s: [args_decode(d, p, m, k=k, w=w) for p in ps], batched=False)
-    if match := re.fullmatch(r"ggro(?:-r(\d+))?(?:-t([\d.]+))?", name):
-        steps = int(match.group(1) or 8)
-        threshold = float(match.group(2)) if match.group(2) else None
-        return Method(name, _ggro(steps, threshold))
+    if (variant := ggro_variant(name)) is not None:
+        return Method(name, _ggro(*variant))
     raise ValueError(
         f"method: unknown {name!r}; allowed: 'greedy', 'bon-N', 'args' or 'args-kK-wW', 'ggro', 'ggro-rR', 'ggro-rR-tT'"
     )
