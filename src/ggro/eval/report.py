@@ -247,12 +247,17 @@ def _interval(difference: tuple[float, float, float, int] | None) -> str:
     return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
 
 
-def _uneven(rows: Sequence[Mapping[str, Any]]) -> bool:
-    per: dict[tuple[str, str], set[int]] = defaultdict(set)
+def _answered(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], set[int]]:
+    """The prompt indices each (set, method) answered."""
+    answered: dict[tuple[str, str], set[int]] = defaultdict(set)
     for row in rows:
-        per[(row["set"], row["method"])].add(row["index"])
+        answered[(row["set"], row["method"])].add(row["index"])
+    return answered
+
+
+def _uneven(rows: Sequence[Mapping[str, Any]]) -> bool:
     by_set: dict[str, list[set[int]]] = defaultdict(list)
-    for (set_name, _), indices in per.items():
+    for (set_name, _), indices in _answered(rows).items():
         by_set[set_name].append(indices)
     return any(any(i != group[0] for i in group) for group in by_set.values())
 
@@ -265,9 +270,7 @@ def plot_frontier(rows: Sequence[Mapping[str, Any]], thresholds: Mapping[str, fl
     them answered, each family's points (Best-of-N by N, GGRO by steps) joined, so methods compare at matched
     wall-clock."""
     plt = _pyplot()
-    counts: dict[tuple[str, str], set[int]] = defaultdict(set)
-    for row in rows:
-        counts[(row["set"], row["method"])].add(row["index"])
+    counts = _answered(rows)
     most = {s: max(len(i) for (name, _), i in counts.items() if name == s) for s, _ in counts}
     full = [r for r in rows if len(counts[(r["set"], r["method"])]) == most[r["set"]]]
     top = summarize(full, thresholds, common_prompts=True)
