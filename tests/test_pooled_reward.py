@@ -45,6 +45,10 @@ def test_continuations_of_different_lengths_are_scored_in_one_padded_pass() -> N
     # The prefix once, the four non-empty continuations in one pass, the empty one alone (the prefix itself).
     assert session.calls == 3
     assert session.score_continuations(prefix, [[30], [31, 32, 33]]) == pytest.approx(scores[:2], abs=1e-5)
+    before = session.calls
+    again = session.score_continuations(prefix, [[], [30], [31, 32, 33], []])  # two empty: the prefix scored once
+    assert again == pytest.approx([scores[2], scores[0], scores[1], scores[2]], abs=1e-5)
+    assert session.calls - before == 2
 
 
 def test_response_start() -> None:

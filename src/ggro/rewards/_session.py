@@ -172,8 +172,10 @@ class CausalPrefixSession(RewardSession):
             got = None if rewards is None else tuple(rewards.shape)
             raise RewardError(f"reward model {self.name!r}: expected {len(batch)} rewards, got {got}")
         scores = dict(zip(batchable, (float(r) for r in rewards.float()), strict=True))
-        # An empty continuation is the prefix itself.
-        return [scores[i] if i in scores else self.score_sequence(list(prefix_ids)) for i in range(len(conts))]
+        if len(scores) < len(conts):  # an empty continuation is the prefix itself: scored once for all of them
+            prefix_score = self.score_sequence(list(prefix_ids))
+            scores.update((i, prefix_score) for i in range(len(conts)) if i not in scores)
+        return [scores[i] for i in range(len(conts))]
 
     @abstractmethod
     def score_batch(self, sequences: Sequence[Sequence[int]]) -> list[float]:
