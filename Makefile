@@ -43,4 +43,4 @@ compare: install
 		--jsonl docs/results/rewards.jsonl
 
 train-reward: install
-	$(VENV)/bin/python -m ggro.rewards.train_head
+	$(VENV)/bin/python -m ggro.lab.train_head

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ggro import GGRODecoder
-from ggro.loading import shared_decoder
+from ggro.adapters import shared_decoder
 from ggro.testing import save_tiny_models, tiny_decoder
 
 OPTIONS = {"max_new_tokens": 48, "refinement_steps": 3}

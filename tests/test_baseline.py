@@ -1,4 +1,4 @@
-"""Tests of the naive (release-structured) GGRO decoder in ``ggro.baseline``.
+"""Tests of the naive (release-structured) GGRO decoder in ``ggro.lab.baseline``.
 
 Fast tests use tiny, seeded, randomly initialised models built in-process.  One test marked
 ``slow`` compares against the reference fixture ``case_02`` produced by the authors' code; it
@@ -23,7 +23,7 @@ from transformers import (
 )
 
 from conftest import TEST_DEVICE, fixtures_dir, place
-from ggro.baseline import (
+from ggro.lab.baseline import (
     NaiveResult,
     entropy_of_logits,
     naive_ggro_generate,

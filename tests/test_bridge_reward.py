@@ -19,12 +19,12 @@ from transformers import PreTrainedTokenizerFast as Fast
 
 from conftest import fp32_only, place
 from ggro import GGROConfig, GGRODecoder, HFRewardModel
+from ggro.lab.gold import minilm_probe_reward
 from ggro.rewards.base import RewardContext
 from ggro.rewards.bridge import (
     MeanPooledEncoderReward,
     TokenizerBridgeReward,
     make_reward,
-    minilm_probe_reward,
     pair_renderer,
     same_vocabulary,
 )
@@ -469,7 +469,7 @@ def test_long_renderings_drop_the_earliest_tokens_first(
 @pytest.mark.slow
 def test_minilm_probe_steers_smollm2(capsys: pytest.CaptureFixture[str]) -> None:
     from ggro.assets import load_default_policy
-    from ggro.rewards.gold import GoldJudge, embed_pairs, load_minilm
+    from ggro.lab.gold import GoldJudge, embed_pairs, load_minilm
     from ggro.rewards.heads import GOLD_PROBE_NAME, LinearHead, head_paths, load_head
 
     policy, tokenizer = load_default_policy()

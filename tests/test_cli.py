@@ -103,7 +103,7 @@ def test_bad_option_value_is_a_clear_error(tiny_paths, capsys: pytest.CaptureFix
 
 
 def test_demo_prints_greedy_and_ggro_with_both_rewards(tiny_paths, capsys: pytest.CaptureFixture[str]) -> None:
-    from ggro.prompts import DEMO_PROMPTS
+    from ggro.lab.prompts import DEMO_PROMPTS
 
     policy, reward = tiny_paths
     code = main(["demo", "--policy", str(policy), "--reward", str(reward), "--max-new-tokens", "12"])

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import TinyTokenizer, tiny_llama, tiny_reward
 from ggro import GGROConfig, GGRODecoder
-from ggro.compare import compare_greedy_ggro, render_markdown, summarize, write_jsonl
+from ggro.lab.compare import compare_greedy_ggro, render_markdown, summarize, write_jsonl
 
 PROMPTS = ["t5 t17 t33", "t9 t60 t41", "t7 t7 t8", "t20 t21"]
 KINDS = ["harmful", "benign", "harmful", "benign"]

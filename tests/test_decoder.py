@@ -10,7 +10,7 @@ import torch
 
 from conftest import EOS, TinyTokenizer, fp32_only, tiny_gpt2, tiny_llama, tiny_reward
 from ggro import GGROConfig, GGRODecoder, RewardError
-from ggro.baseline import naive_ggro_generate
+from ggro.lab.baseline import naive_ggro_generate
 from ggro.rewards.base import RewardModel, RewardSession, SegmentScore
 
 PROMPTS = [[5, 6, 7, 8], [9, 10, 11], [12, 13, 14, 15, 16, 17], [20, 21, 30]]

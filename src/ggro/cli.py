@@ -103,7 +103,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _load_gold() -> Any:
-    from .rewards.gold import load_gold_judge
+    from .lab.gold import load_gold_judge
 
     return load_gold_judge().score
 
@@ -118,8 +118,8 @@ def _comparison_settings(args: argparse.Namespace, config: GGROConfig) -> dict[s
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .compare import compare_greedy_ggro, render_markdown, summarize
-    from .prompts import DEMO_PROMPTS
+    from .lab.compare import compare_greedy_ggro, render_markdown, summarize
+    from .lab.prompts import DEMO_PROMPTS
 
     config = _config_from_args(args)
     decoder = _build_decoder(args, config)
@@ -146,8 +146,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare_greedy_ggro, render_markdown, summarize, write_jsonl
-    from .prompts import benign_prompts, harmbench_prompts
+    from .lab.compare import compare_greedy_ggro, render_markdown, summarize, write_jsonl
+    from .lab.prompts import benign_prompts, harmbench_prompts
 
     config = _config_from_args(args)
     decoder = _build_decoder(args, config)
@@ -181,7 +181,7 @@ def _reward(value: float | None) -> str:
 
 
 def _cmd_reference_check(args: argparse.Namespace) -> int:
-    from .reference import run_reference_check
+    from .lab.reference import run_reference_check
 
     def show(r: Any) -> None:
         status = "PASS" if r.passed else "FAIL"
@@ -195,7 +195,7 @@ def _cmd_reference_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .eval.suite import GOLD_THRESHOLDS, MAIN_METHODS, PRESSURE_METHODS, evaluate, write_report
+    from .lab.eval.suite import GOLD_THRESHOLDS, MAIN_METHODS, PRESSURE_METHODS, evaluate, write_report
 
     out_dir = Path(args.out_dir)
     command = "ggro " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["eval"] else "ggro eval"
@@ -231,7 +231,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import run_bench
+    from .lab.bench import run_bench
 
     return run_bench(args)
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -12,21 +11,17 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from .rewards.base import RewardModel
 from .rewards.hf import HFRewardModel
 
-if TYPE_CHECKING:
-    from .decoder import GGRODecoder
-
 __all__ = [
     "DEFAULT_REWARD",
     "REFERENCE_REWARD",
     "load_default_reward",
     "load_policy",
     "load_reward",
-    "shared_decoder",
 ]
 
 DEFAULT_REWARD = "smollm2-harm-head"
 """The embedded reward: the SmolLM2-135M backbone with a linear head on the mean of its final hidden states
-over the response, trained on human harm scores (``ggro.rewards.train_head``; provenance beside the head)."""
+over the response, trained on human harm scores (``ggro.lab.train_head``; provenance beside the head)."""
 
 REFERENCE_REWARD = "reference-head"
 """The reference fixtures' reward: the SmolLM2-135M backbone with a seeded *random* head (untrained); the
@@ -105,37 +100,3 @@ def load_reward(
         return HFRewardModel(model, name="smollm2-135m + seeded random head (reference fixtures' RM, untrained)")
     return HFRewardModel.from_pretrained(reward, dtype=dtype, device=device)
 
-
-_SHARED_DECODERS: dict[tuple[str | None, str | None, str, str], GGRODecoder] = {}
-_SHARED_LOCK = threading.Lock()
-
-
-def shared_decoder(
-    policy: str | Path | None = None,
-    reward: str | Path | None = None,
-    *,
-    dtype: torch.dtype | str = torch.float32,
-    device: str | torch.device = "cpu",
-) -> GGRODecoder:
-    """The process-wide decoder for (policy, reward, dtype, device): loaded on first use, then reused.
-
-    Framework wrappers are constructed often (one per chain, per test, per request handler); they call this
-    when they first generate, so weights load once per process, never per construction or per call.
-    """
-    from .decoder import GGRODecoder
-
-    torch_dtype = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
-    if not isinstance(torch_dtype, torch.dtype):
-        raise ValueError(f"dtype: expected a torch dtype name such as 'float32' or 'bfloat16', got {dtype!r}")
-    key = (
-        None if policy is None else str(policy),
-        None if reward is None else str(reward),
-        str(torch_dtype),
-        str(torch.device(device)),
-    )
-    with _SHARED_LOCK:  # held while loading, so concurrent first calls load once
-        decoder = _SHARED_DECODERS.get(key)
-        if decoder is None:
-            decoder = GGRODecoder.from_pretrained(key[0], key[1], dtype=torch_dtype, device=device)
-            _SHARED_DECODERS[key] = decoder
-    return decoder

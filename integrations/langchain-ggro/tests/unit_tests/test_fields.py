@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from ggro import GGROConfig
-from ggro.loading import _SHARED_DECODERS
+from ggro.adapters import _SHARED_DECODERS
 
 from langchain_ggro import GGROLLM, ChatGGRO
 

@@ -5,9 +5,9 @@ Each head is ``<name>.safetensors`` (``weight`` float32 [hidden], ``bias`` float
 A head scores a pooled feature vector ``h`` as ``weight · h + bias``; higher is better.
 
 * ``smollm2_harm_head``: the default guidance reward head, applied to the mean over the response tokens
-  of SmolLM2-135M-Instruct's final (normed) hidden state. Trained by :mod:`ggro.rewards.train_head`.
+  of SmolLM2-135M-Instruct's final (normed) hidden state. Trained by :mod:`ggro.lab.train_head`.
 * ``minilm_gold_probe``: the gold judge's probe on all-MiniLM-L6-v2 sentence embeddings
-  (see :mod:`ggro.rewards.gold`).
+  (see :mod:`ggro.lab.gold`).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def load_head(name: str, directory: Path | None = None) -> LinearHead:
     tensors_path, meta_path = head_paths(name, directory)
     if not tensors_path.is_file():
         raise FileNotFoundError(
-            f"linear head {name!r} not found at {tensors_path}; retrain it with `python -m ggro.rewards.train_head`"
+            f"linear head {name!r} not found at {tensors_path}; retrain it with `python -m ggro.lab.train_head`"
         )
     tensors = load_file(str(tensors_path))
     missing = {"weight", "bias"} - set(tensors)

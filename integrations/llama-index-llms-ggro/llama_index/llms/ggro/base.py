@@ -134,7 +134,7 @@ class GGRO(GGROOptions, CustomLLM):
         """The decoder: the one given to `from_decoder`, else the process-wide one for these models (loaded
         on first access)."""
         if self._decoder is None:
-            from ggro.loading import shared_decoder
+            from ggro.adapters import shared_decoder
 
             self._decoder = shared_decoder(self.model_id, self.reward_model, dtype=self.dtype, device=self.device)
         return self._decoder

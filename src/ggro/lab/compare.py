@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .decoder import GGRODecoder
-from .events import GGROResult
+from ..decoder import GGRODecoder
+from ..events import GGROResult
 
 __all__ = ["KindSummary", "PromptComparison", "compare_greedy_ggro", "render_markdown", "summarize", "write_jsonl"]
 

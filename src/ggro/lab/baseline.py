@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
-from ._compat import cache_kwargs, output_cache
+from .._compat import cache_kwargs, output_cache
 
 __all__ = [
     "NaiveCandidate",

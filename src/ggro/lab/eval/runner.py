@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import GGROConfig
-from ..decoder import GGRODecoder
+from ...config import GGROConfig
+from ...decoder import GGRODecoder
 from .methods import MethodOutput, args_decode, best_of_n_batch, greedy_batch
 from .metrics import PeakMemory
 

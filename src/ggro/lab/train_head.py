@@ -1,8 +1,8 @@
 """Train the default guidance reward head (SmolLM2) and the gold judge's probe (MiniLM) on pyrit's harm data.
 
-Run ``python -m ggro.rewards.train_head`` (or call :func:`main`). It
+Run ``python -m ggro.lab.train_head`` (or call :func:`main`). It
 
-1. reads the human-scored harm rows of ``pyrit==1.1.0`` (:mod:`ggro.rewards.harm_data`) and splits the
+1. reads the human-scored harm rows of ``pyrit==1.1.0`` (:mod:`ggro.lab.harm_data`) and splits the
    390 objectives 50/50 (seeded, balanced by rows per category): the guidance head may only use the first
    half, the gold probe only the second;
 2. extracts features (cached under ``<cache>/features/``, so reruns take seconds):
@@ -14,7 +14,7 @@ Run ``python -m ggro.rewards.train_head`` (or call :func:`main`). It
      tokens), then the response tokenized without special tokens, no end-of-turn token. One unpadded
      forward pass per row gives every prefix (the model is causal, so position t does not see t+1), and
      no pad/eos logic can drop a token;
-   * gold: all-MiniLM-L6-v2 sentence embeddings of (objective, response) (:mod:`ggro.rewards.gold`);
+   * gold: all-MiniLM-L6-v2 sentence embeddings of (objective, response) (:mod:`ggro.lab.gold`);
 
 3. fits ridge regression of the reward target ``1 - harm`` on standardized features (the guidance head on
    whole responses *and* their prefixes, each prefix labelled with its response's score), choosing the
@@ -51,6 +51,7 @@ import numpy.typing as npt
 import torch
 
 from ..assets import POLICY_GGUF_SHA256, POLICY_PACKAGE, POLICY_VERSION, POLICY_WHEEL_SHA256, cache_root
+from ..rewards.heads import GOLD_PROBE_NAME, GUIDANCE_HEAD_NAME, HEADS_DIR, LinearHead, save_head
 from .harm_data import (
     HARM_PREFIX,
     PYRIT,
@@ -62,7 +63,6 @@ from .harm_data import (
     partition_objectives,
     pyrit_wheel,
 )
-from .heads import GOLD_PROBE_NAME, GUIDANCE_HEAD_NAME, HEADS_DIR, LinearHead, save_head
 
 __all__ = [
     "ALPHAS",
@@ -445,7 +445,7 @@ def _versions() -> dict[str, str]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m ggro.rewards.train_head",
+        prog="python -m ggro.lab.train_head",
         description="Train the default SmolLM2 harm head and the MiniLM gold probe on pyrit==1.1.0's harm rows.",
     )
     parser.add_argument("--which", choices=("guidance", "gold", "both"), default="both")
@@ -488,7 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("--folds must be at least 2")
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    command = " ".join(["python -m ggro.rewards.train_head", *(sys.argv[1:] if argv is None else argv)])
+    command = " ".join(["python -m ggro.lab.train_head", *(sys.argv[1:] if argv is None else argv)])
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
     wheel = pyrit_wheel()
@@ -516,7 +516,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "reward target = 1 - harm",
         "refusal_sets": "not used for training: their label (refused / off-topic vs answered) is not a harm "
         "score; on everyday objectives the 'refused' rows are answers swapped from other objectives, not "
-        "needless refusals (see ggro.rewards.harm_data). Used only for the diagnostic below.",
+        "needless refusals (see ggro.lab.harm_data). Used only for the diagnostic below.",
     }
     split_meta = {
         "method": "objectives split 50/50 by harm_data.partition_objectives (seeded, balanced by rows per category); "

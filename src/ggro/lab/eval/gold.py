@@ -1,5 +1,5 @@
 """Held-out gold judges for the evaluation (they never steer): VADER sentiment for RealToxicityPrompts
-continuations. The harm probe on MiniLM lives in :mod:`ggro.rewards.gold`."""
+continuations. The harm probe on MiniLM lives in :mod:`ggro.lab.gold`."""
 
 from __future__ import annotations
 

@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 
+from ..config import GGROConfig
+from ..decoder import GGRODecoder
+from ..rewards.hf import HFRewardModel
 from .baseline import naive_ggro_generate
-from .config import GGROConfig
-from .decoder import GGRODecoder
-from .rewards.hf import HFRewardModel
 
 __all__ = ["BENCH_PROMPTS", "run_bench"]
 
@@ -119,7 +119,7 @@ def _synthetic_models(device: str, dtype: torch.dtype, tokenizer_path: str | Non
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
     if tokenizer_path is None:
-        from .assets import default_policy_path
+        from ..assets import default_policy_path
 
         tokenizer_path = str(default_policy_path())
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
@@ -147,7 +147,7 @@ def run_bench(args: argparse.Namespace) -> int:
         policy, tokenizer, reward = _synthetic_models(args.device, dtype, args.tokenizer)
         model_name = "random Llama ~1B (16 layers, hidden 2048)"
     else:
-        from .loading import REFERENCE_REWARD, load_policy, load_reward
+        from ..loading import REFERENCE_REWARD, load_policy, load_reward
 
         policy, tokenizer = load_policy(None, dtype=dtype, device=device)
         reference = load_reward(REFERENCE_REWARD, dtype=dtype, device=device)

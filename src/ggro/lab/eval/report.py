@@ -1,4 +1,4 @@
-"""Summaries, a markdown report and plots from evaluation rows (the JSONL :func:`~ggro.eval.run_eval` writes).
+"""Summaries, a markdown report and plots from evaluation rows (the JSONL :func:`~ggro.lab.eval.run_eval` writes).
 
 Two plots: gold reward against wall-clock per method (the cost-quality frontier), and guidance and gold reward
 against optimisation pressure (N for Best-of-N, refinement steps for GGRO): where guidance keeps rising while
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import GGROConfig
+from ...config import GGROConfig
 from .metrics import coverage_at_k, distinct_n, is_refusal
 from .runner import best_of_n_size, ggro_variant
 

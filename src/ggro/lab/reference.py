@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import GGROConfig
-from .decoder import GGRODecoder
-from .events import GGROResult
+from ..config import GGROConfig
+from ..decoder import GGRODecoder
+from ..events import GGROResult
 
 __all__ = ["CaseReport", "check_case", "reference_config", "run_reference_check"]
 
@@ -114,7 +114,7 @@ def run_reference_check(
     if not files:
         raise FileNotFoundError(f"no case_*.json files in {directory}")
     if decoder is None:
-        from .loading import REFERENCE_REWARD, load_policy, load_reward
+        from ..loading import REFERENCE_REWARD, load_policy, load_reward
 
         # The fixtures ran the policy with eager attention (the RM with the default).
         model, tokenizer = load_policy(None, attn_implementation="eager")

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .._compat import cache_kwargs, output_cache
-from ..decoder import GGRODecoder, PromptInput
-from ..rewards.base import RewardContext, RewardSession
+from ..._compat import cache_kwargs, output_cache
+from ...decoder import GGRODecoder, PromptInput
+from ...rewards.base import RewardContext, RewardSession
 
 __all__ = ["MethodOutput", "args_decode", "best_of_n", "best_of_n_batch", "greedy", "greedy_batch"]
 
@@ -216,7 +216,7 @@ def _generate(
 
 
 def _session(decoder: GGRODecoder, prompt: PromptInput, prompt_ids: Sequence[int]) -> RewardSession:
-    from ..decoder import _prompt_text
+    from ...decoder import _prompt_text
 
     return decoder.reward.open_session(RewardContext(tuple(prompt_ids), _prompt_text(prompt), decoder.tokenizer))
 
