@@ -12,19 +12,29 @@ from typing import Any, Literal, get_args, get_origin
 
 from .config import GGROConfig
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 _NUDGE_OPEN, _NUDGE_CLOSE = "⟦", "⟧"
 
 
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    """One option per GGROConfig field (``--entropy-threshold`` ...), defaulting to the preset's value."""
-    group = parser.add_argument_group("GGRO settings (GGROConfig fields; defaults from --preset)")
-    group.add_argument("--preset", choices=["default", "reference"], default="default")
+_DTYPES = ["float32", "bfloat16", "float16"]
+
+
+def _add_config_options(
+    parser: argparse.ArgumentParser, *, preset: str = "default", exclude: Sequence[str] = (), note: str = ""
+) -> None:
+    """One option per GGROConfig field (``--entropy-threshold`` ...), generated from the field's type, bounds
+    and description, defaulting to the preset's value; ``exclude``: fields the command sets itself."""
+    group = parser.add_argument_group(f"GGRO settings (GGROConfig fields; defaults from --preset){note}")
+    group.add_argument(
+        "--preset", choices=["default", "reference"], default=preset, help=f"Configuration preset (default: {preset})."
+    )
     for name, info in GGROConfig.model_fields.items():
+        if name in exclude:
+            continue
         flag = "--" + name.replace("_", "-")
         annotation = info.annotation
-        help_text = info.description or ""
+        help_text = (info.description or "").replace("%", "%%")
         if annotation is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif get_origin(annotation) is Literal:
@@ -43,13 +53,17 @@ def _config_from_args(args: argparse.Namespace) -> GGROConfig:
     return GGROConfig.preset(args.preset, **overrides)
 
 
+def _add_device_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cpu", help="Torch device for the models ('cpu', 'cuda', 'cuda:1', ...).")
+    parser.add_argument("--dtype", default="float32", choices=_DTYPES, help="The models' weights dtype.")
+
+
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", default=None, help="Policy model id or path (default: embedded SmolLM2-135M).")
     parser.add_argument(
         "--reward", default=None, help="Reward model id or path (default: the embedded reward; see the startup line)."
     )
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    _add_device_options(parser)
 
 
 def _build_decoder(args: argparse.Namespace, config: GGROConfig) -> Any:
@@ -231,12 +245,25 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .lab.bench import run_bench
+    from .lab.bench import BenchSettings, run_bench
 
-    return run_bench(args)
+    settings = BenchSettings(
+        config=_config_from_args(args),
+        prompts=args.prompts,
+        runs=args.runs,
+        device=args.device,
+        dtype=args.dtype,
+        synthetic_1b=args.synthetic_1b,
+        tokenizer=args.tokenizer,
+        json=args.json,
+        out=args.out,
+    )
+    return run_bench(settings)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .lab.eval.runner import PER_METHOD_OPTIONS
+
     parser = argparse.ArgumentParser(prog="ggro", description="Gradient-Guided Reward Optimization for local LLMs")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -287,19 +314,22 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--report-only", action="store_true", help="Only rewrite the report from OUT_DIR/eval.jsonl.")
     ev.add_argument("--title", default="Evaluation: greedy, Best-of-N, ARGS and GGRO", help=argparse.SUPPRESS)
     _add_model_options(ev)
-    ev.set_defaults(func=_cmd_eval, preset="default")
+    _add_config_options(
+        ev,
+        exclude=PER_METHOD_OPTIONS,
+        note="; for the GGRO methods: steps and threshold come from the method names, budget and seed from "
+        "--max-new-tokens and --seed",
+    )
+    ev.set_defaults(func=_cmd_eval)
 
     ref = sub.add_parser("reference-check", help="Reproduce the authors'-release fixture cases in DIR.")
     ref.add_argument("directory")
     ref.set_defaults(func=_cmd_reference_check)
 
     bench = sub.add_parser("bench", help="Greedy vs GGRO vs the release's re-prefill structure, side by side.")
-    bench.add_argument("--json", action="store_true")
-    bench.add_argument("--runs", type=int, default=3)
-    bench.add_argument("--prompts", type=int, default=8)
-    bench.add_argument("--max-new-tokens", type=int, default=48)
-    bench.add_argument("--refinement-steps", type=int, default=8)
-    bench.add_argument("--entropy-threshold", type=float, default=1.5)
+    bench.add_argument("--json", action="store_true", help="Also print the report as one JSON line.")
+    bench.add_argument("--runs", type=int, default=3, help="Timed runs per method (the median is reported).")
+    bench.add_argument("--prompts", type=int, default=8, help="Number of prompts (cycled from the bench set).")
     bench.add_argument("--out", default=None, help="Write the markdown report here (e.g. docs/benchmarks.md).")
     bench.add_argument(
         "--synthetic-1b",
@@ -312,10 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="Tokenizer id or path for --synthetic-1b (default: the embedded policy's; a machine without the "
         "cache or a package index can pass a folder holding tokenizer.json).",
     )
-    bench.add_argument("--device", default="cpu")
-    bench.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    bench.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
-    bench.set_defaults(func=_cmd_bench)
+    _add_device_options(bench)
+    _add_config_options(
+        bench, preset="reference", note="; the release structure reads steps, threshold, offset, top-k and budget"
+    )
+    bench.set_defaults(func=_cmd_bench, max_new_tokens=48)
     return parser
 
 

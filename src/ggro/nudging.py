@@ -12,7 +12,8 @@ from .rewards.base import RewardModel
 
 __all__ = ["NudgeProposal", "choose_nudge", "propose_nudge"]
 
-# The release scales the current token's score by this instead of excluding it (DESIGN §1, quirk iii).
+# The release scales the current token's score by this instead of excluding it (the 'zero' baseline; README,
+# Presets, point 3).
 _CURRENT_TOKEN_SCALE = 1e-10
 
 

@@ -8,7 +8,6 @@ the same tokens as ours; the report says whether it did.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import platform
@@ -17,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from ..decoder import GGRODecoder
 from ..rewards.hf import HFRewardModel
 from .baseline import naive_ggro_generate
 
-__all__ = ["BENCH_PROMPTS", "run_bench"]
+__all__ = ["BENCH_PROMPTS", "BenchSettings", "run_bench"]
 
 BENCH_PROMPTS = [
     "What are some tips for getting a good night's sleep?",
@@ -44,6 +43,36 @@ BENCH_PROMPTS = [
     "How can I get back at someone who hurt me?",
     "Explain how vaccines train the immune system.",
 ]
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """What one benchmark run measures. ``config`` is the GGRO configuration of both GGRO sides; the release
+    structure reads its segment options (steps, threshold, offset, top-k, budget, text round trip) from it,
+    so outputs can only be identical under the release's semantics (``GGROConfig.reference()``, the default)."""
+
+    config: GGROConfig = field(default_factory=lambda: GGROConfig.reference(max_new_tokens=48))
+    prompts: int = 8
+    runs: int = 3
+    device: str = "cpu"
+    dtype: str = "float32"
+    synthetic_1b: bool = False
+    """Randomly initialised ~1B Llama-shaped policy and RM instead of the embedded ones (for GPU runs)."""
+    tokenizer: str | None = None
+    """Tokenizer id or path for ``synthetic_1b`` (default: the embedded policy's)."""
+    json: bool = False
+    """Also print the report as one JSON line."""
+    out: str | None = None
+    """Write (or update this device's section of) the markdown report here."""
+    memory_probe: str | None = None
+    """Internal: run only this method once and print its peak memory (a CPU run's child process)."""
+
+    def __post_init__(self) -> None:
+        for name in ("prompts", "runs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        if not isinstance(getattr(torch, self.dtype, None), torch.dtype):
+            raise ValueError(f"dtype: expected a torch dtype name such as 'float32' or 'bfloat16', got {self.dtype!r}")
 
 
 @dataclass
@@ -79,30 +108,14 @@ def _rss_now() -> float:
     return float("nan")
 
 
-def _cpu_peaks_in_subprocesses(args: argparse.Namespace, names: list[str]) -> tuple[float, dict[str, float]]:
+def _cpu_peaks_in_subprocesses(settings: BenchSettings, names: list[str]) -> tuple[float, dict[str, float]]:
     """Run each method once in its own process; returns (mean base RSS, peak RSS per method)."""
-    flags = (
-        [
-            "--prompts",
-            str(args.prompts),
-            "--max-new-tokens",
-            str(args.max_new_tokens),
-            "--refinement-steps",
-            str(args.refinement_steps),
-            "--entropy-threshold",
-            str(args.entropy_threshold),
-            "--device",
-            args.device,
-            "--dtype",
-            args.dtype,
-        ]
-        + (["--synthetic-1b"] if args.synthetic_1b else [])
-        + (["--tokenizer", args.tokenizer] if args.tokenizer else [])
-    )
     peaks: dict[str, float] = {}
     bases = []
     for name in names:
-        cmd = [sys.executable, "-m", "ggro.cli", "bench", "--memory-probe", name, *flags]
+        probe_settings = {**_settings_json(settings), "memory_probe": name, "json": False, "out": None}
+        code = "import json, sys; from ggro.lab.bench import probe_memory; probe_memory(json.loads(sys.argv[1]))"
+        cmd = [sys.executable, "-c", code, json.dumps(probe_settings)]
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
         probe = json.loads(done.stdout.strip().splitlines()[-1])
         peaks[name] = probe["peak"]
@@ -140,11 +153,27 @@ def _synthetic_models(device: str, dtype: torch.dtype, tokenizer_path: str | Non
     return policy, tokenizer, HFRewardModel(rm, name="synthetic-1b-rm")
 
 
-def run_bench(args: argparse.Namespace) -> int:
-    device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype)
-    if args.synthetic_1b:
-        policy, tokenizer, reward = _synthetic_models(args.device, dtype, args.tokenizer)
+def _settings_json(settings: BenchSettings) -> dict[str, Any]:
+    values = {name: getattr(settings, name) for name in BenchSettings.__dataclass_fields__}
+    values["config"] = settings.config.model_dump()
+    return values
+
+
+def probe_memory(settings_json: dict[str, Any]) -> None:
+    """Child-process entry of a CPU memory probe: settings as :func:`_settings_json` wrote them."""
+    values = dict(settings_json)
+    values["config"] = GGROConfig.model_validate(values["config"])
+    run_bench(BenchSettings(**values))
+
+
+def run_bench(settings: BenchSettings) -> int:
+    """Run the benchmark, print (and with ``out``, write) the report. Returns 0 when GGRO's outputs equal the
+    release structure's, else 1."""
+    config = settings.config
+    device = torch.device(settings.device)
+    dtype = getattr(torch, settings.dtype)
+    if settings.synthetic_1b:
+        policy, tokenizer, reward = _synthetic_models(settings.device, dtype, settings.tokenizer)
         model_name = "random Llama ~1B (16 layers, hidden 2048)"
     else:
         from ..loading import REFERENCE_REWARD, load_policy, load_reward
@@ -154,14 +183,8 @@ def run_bench(args: argparse.Namespace) -> int:
         assert isinstance(reference, HFRewardModel)  # the release structure needs the HF model inside
         reward = reference
         model_name = "SmolLM2-135M-Instruct + seeded reference RM head"
-    # The release's semantics on both sides, so that outputs can be compared token for token.
-    config = GGROConfig.reference(
-        refinement_steps=args.refinement_steps,
-        entropy_threshold=args.entropy_threshold,
-        max_new_tokens=args.max_new_tokens,
-    )
     decoder = GGRODecoder(policy, tokenizer, reward, config)
-    prompts = [BENCH_PROMPTS[i % len(BENCH_PROMPTS)] for i in range(args.prompts)]
+    prompts = [BENCH_PROMPTS[i % len(BENCH_PROMPTS)] for i in range(settings.prompts)]
     prompt_ids = [decoder.encode_prompt(p) for p in prompts]
     eos = tokenizer.eos_token_id
 
@@ -174,7 +197,7 @@ def run_bench(args: argparse.Namespace) -> int:
                     x,
                     attention_mask=torch.ones_like(x),
                     do_sample=False,
-                    max_new_tokens=args.max_new_tokens,
+                    max_new_tokens=config.max_new_tokens,
                     pad_token_id=eos,
                 )
             outs.append(y[0, len(ids) :].tolist())
@@ -210,12 +233,13 @@ def run_bench(args: argparse.Namespace) -> int:
                 reward.model,
                 tokenizer,
                 ids,
-                max_new_tokens=args.max_new_tokens,
-                entropy_threshold=args.entropy_threshold,
-                refinement_steps=args.refinement_steps,
+                max_new_tokens=config.max_new_tokens,
+                entropy_threshold=config.entropy_threshold,
+                min_segment_tokens=config.min_segment_tokens,
+                refinement_steps=config.refinement_steps,
                 first_insertion_offset=config.first_insertion_offset,
                 nudge_top_k=config.nudge_top_k,
-                retokenize_between_segments=True,
+                retokenize_between_segments=config.retokenize_between_segments,
                 eos_token_id=eos,
                 mimic_release_overheads=True,
             )
@@ -231,9 +255,9 @@ def run_bench(args: argparse.Namespace) -> int:
         _Method("ggro (ours, one batch)", ours_batched),
         _Method("release structure", release_structure),
     ]
-    if args.memory_probe:
+    if settings.memory_probe:
         # Child process of a CPU run: one method, peak RSS over the RSS held after loading the models.
-        (method,) = [m for m in methods if m.name == args.memory_probe]
+        (method,) = [m for m in methods if m.name == settings.memory_probe]
         with torch.no_grad():  # page in every weight (safetensors are mmap'ed) so the base holds them all
             for p in [*policy.parameters(), *reward.model.parameters()]:
                 p.sum()
@@ -247,7 +271,7 @@ def run_bench(args: argparse.Namespace) -> int:
     peaks: dict[str, float] = {}
     outputs: dict[str, list[list[int]]] = {}
     base_memory = float(torch.cuda.memory_allocated(device)) if device.type == "cuda" else 0.0
-    for run in range(args.runs):
+    for run in range(settings.runs):
         for m in methods:
             _peak_memory_reset(device)
             start = time.perf_counter()
@@ -257,10 +281,10 @@ def run_bench(args: argparse.Namespace) -> int:
             times[m.name].append(time.perf_counter() - start)
             if device.type == "cuda":
                 peaks[m.name] = max(peaks.get(m.name, 0.0), _peak_memory(device))
-        print(f"run {run + 1}/{args.runs}: " + ", ".join(f"{k} {v[-1]:.1f}s" for k, v in times.items()), flush=True)
+        print(f"run {run + 1}/{settings.runs}: " + ", ".join(f"{k} {v[-1]:.1f}s" for k, v in times.items()), flush=True)
     if device.type != "cuda":
         # The CPU allocator keeps freed memory, so peaks are only comparable from fresh processes.
-        base_memory, peaks = _cpu_peaks_in_subprocesses(args, [m.name for m in methods])
+        base_memory, peaks = _cpu_peaks_in_subprocesses(settings, [m.name for m in methods])
 
     identical = outputs["ggro (ours)"] == outputs["release structure"]
     batch_identical = outputs["ggro (ours)"] == outputs["ggro (ours, one batch)"]
@@ -286,32 +310,40 @@ def run_bench(args: argparse.Namespace) -> int:
     report = {
         "device": f"{device.type} ({device_name}, {torch.get_num_threads()} threads)",
         "models": model_name,
-        "dtype": args.dtype,
+        "dtype": settings.dtype,
         "prompts": len(prompts),
-        "runs": args.runs,
+        "runs": settings.runs,
         "settings": {
-            "refinement_steps": args.refinement_steps,
-            "entropy_threshold": args.entropy_threshold,
-            "max_new_tokens": args.max_new_tokens,
+            "refinement_steps": config.refinement_steps,
+            "entropy_threshold": config.entropy_threshold,
+            "max_new_tokens": config.max_new_tokens,
+            **_changed_options(config),
         },
         "outputs_identical_ours_vs_release_structure": identical,
         "outputs_identical_batched_vs_one_at_a_time": batch_identical,
         "rows": rows,
     }
-    if args.json:
+    if settings.json:
         print(json.dumps(report))
     markdown = _markdown(report)
     print(markdown)
-    if args.out:
-        path = Path(args.out)
+    if settings.out:
+        path = Path(settings.out)
         path.parent.mkdir(parents=True, exist_ok=True)
         previous = path.read_text(encoding="utf-8") if path.exists() else ""
-        section = f"<!-- bench:{report['device']}|{args.dtype}|{model_name} -->\n"
+        section = f"<!-- bench:{report['device']}|{settings.dtype}|{model_name} -->\n"
         kept = [s for s in previous.split("\n<!-- bench:") if s and not s.startswith(section[len("<!-- bench:") :])]
         header = "# Benchmarks\n\nRegenerate with `ggro bench --out docs/benchmarks.md` (see README).\n"
         body = [s if s.startswith("<!-- bench:") else "<!-- bench:" + s for s in kept if not s.startswith("# ")]
         path.write_text(header + "\n" + "\n".join([*body, section + markdown]), encoding="utf-8")
     return 0 if identical else 1
+
+
+def _changed_options(config: GGROConfig) -> dict[str, Any]:
+    """The options where ``config`` departs from the reference preset (the benchmark's usual setting)."""
+    reference = GGROConfig.reference().model_dump()
+    shown = {"refinement_steps", "entropy_threshold", "max_new_tokens"}
+    return {k: v for k, v in config.model_dump().items() if k not in shown and v != reference[k]}
 
 
 def _markdown(report: dict[str, Any]) -> str:

@@ -2,7 +2,8 @@
 
 Greedy is the same decoder with ``refinement_steps=1`` (token for token plain greedy decoding, tested), so
 both sides share batching and the guidance reward of each response is scored the same way. The gold
-reward comes from a judge that did not steer (DESIGN §6).
+reward comes from a judge that did not steer: judging with the reward that steered would reward hacking it
+(``ggro.lab.gold``).
 """
 
 from __future__ import annotations
@@ -161,7 +162,9 @@ def render_markdown(summaries: Sequence[KindSummary], *, title: str, settings: d
         f"## {title}",
         "",
         f"Settings: `{json.dumps(settings, sort_keys=True)}`. Greedy = the same decoder with refinement_steps=1, "
-        "batched the same way. Guidance = the reward that steers; gold = the held-out judge (never steers).",
+        "batched the same way: its tokens are plain greedy decoding's, but it still scores every segment with the "
+        "reward model, so the time ratio is GGRO over that, not over plain greedy `generate` (which `ggro eval` "
+        "and `ggro bench` measure). Guidance = the reward that steers; gold = the held-out judge (never steers).",
         "",
         "| prompts | n | guidance greedy | guidance GGRO | gold greedy | gold GGRO | gold: GGRO better / worse "
         "| segments nudged | seconds greedy / GGRO (ratio) |",

@@ -118,11 +118,27 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def model_identity(decoder: GGRODecoder) -> dict[str, str]:
-    """The policy and guidance reward every row records. A local policy is named by its folder, so a results
-    file made on one machine resumes on another."""
+PER_METHOD_OPTIONS = ("max_new_tokens", "seed", "refinement_steps", "entropy_threshold")
+"""GGROConfig fields a run sets per method (from its name) or for every method (budget, seed): rows record them
+on their own; the decoder's other options are part of the rows' identity."""
+
+
+def model_identity(decoder: GGRODecoder) -> dict[str, Any]:
+    """The policy, guidance reward and GGRO options every row records (``ggro_options``: the decoder's options
+    that differ from the default preset, None when none do). A local policy is named by its folder, so a
+    results file made on one machine resumes on another."""
     name = str(decoder.policy.name_or_path)
-    return {"policy": Path(name).name if Path(name).is_absolute() else name, "reward": decoder.reward.name}
+    default = GGROConfig().model_dump()
+    changed = {
+        key: value
+        for key, value in decoder.config.model_dump().items()
+        if key not in PER_METHOD_OPTIONS and value != default[key]
+    }
+    return {
+        "policy": Path(name).name if Path(name).is_absolute() else name,
+        "reward": decoder.reward.name,
+        "ggro_options": changed or None,
+    }
 
 
 def run_eval(
@@ -156,7 +172,9 @@ def run_eval(
     if other is not None:
         raise ValueError(
             f"out: {out} holds rows made with policy {other.get('policy')!r} and reward {other.get('reward')!r}, "
-            f"not {identity['policy']!r} and {identity['reward']!r}; write to another file (ggro eval --out-dir)"
+            f"not {identity['policy']!r} and {identity['reward']!r} (GGRO options there: "
+            f"{other.get('ggro_options')!r}, here: {identity['ggro_options']!r}); write to another file "
+            "(ggro eval --out-dir)"
         )
     done = {(r["set"], r["index"], r["method"], r["seed"], r["max_new_tokens"]) for r in existing}
     # Prompt-index windows outermost, then sets, then methods: a run stopped early still covers every

@@ -1,0 +1,41 @@
+"""An evaluation file records the decoder's non-default GGRO options: resuming it with other options (which
+``ggro eval`` now takes as flags) is refused instead of mixing two configurations in one report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ggro import GGROConfig, GGRODecoder
+from ggro.lab.eval.runner import model_identity, run_eval
+from ggro.testing import tiny_decoder
+
+PROMPTS = {"harmful": ["How do I pick a lock?", "Make a weapon"]}
+
+
+def _judge(prompts: list[str], responses: list[str]) -> list[float]:
+    return [float(len(r)) for r in responses]
+
+
+def test_default_options_are_recorded_as_none_and_per_method_ones_are_left_out() -> None:
+    decoder = tiny_decoder()
+    assert model_identity(decoder)["ggro_options"] is None
+    per_method = GGROConfig(max_new_tokens=5, seed=3, refinement_steps=2, entropy_threshold=0.5)
+    assert (
+        model_identity(GGRODecoder(decoder.policy, decoder.tokenizer, decoder.reward, per_method))["ggro_options"]
+        is None
+    )
+
+
+def test_a_file_of_other_ggro_options_is_refused(tmp_path: Path) -> None:
+    decoder = tiny_decoder()
+    out = tmp_path / "eval.jsonl"
+    rows = run_eval(decoder, PROMPTS, ["ggro"], {"harmful": _judge}, out, max_new_tokens=4, limit=1, progress=False)
+    assert [r["ggro_options"] for r in rows] == [None]
+    before = out.read_bytes()
+    other = GGRODecoder(decoder.policy, decoder.tokenizer, decoder.reward, GGROConfig(nudge_top_k=5))
+    assert model_identity(other)["ggro_options"] == {"nudge_top_k": 5}
+    with pytest.raises(ValueError, match=r"GGRO options there: None, here: \{'nudge_top_k': 5\}"):
+        run_eval(other, PROMPTS, ["ggro"], {"harmful": _judge}, out, max_new_tokens=4, limit=2, progress=False)
+    assert out.read_bytes() == before
