@@ -18,10 +18,11 @@ from typing import Any
 import pytest
 import torch
 
+from conftest import fixtures_dir, required_fixtures_dir
 from ggro import assets
 from ggro.assets import AssetIntegrityError, AssetUnavailableError
 
-REFERENCE_DIR = Path("/work/shared/fixtures/reference")
+REFERENCE_DIR = fixtures_dir()
 
 # case_18 (greedy baseline, "What is 17 + 25?"), copied here so the slow test does not need the
 # shared fixtures; when they are present the test also checks these against case_18.json.
@@ -272,9 +273,7 @@ def test_reference_reward_head_matches_recipe_and_keeps_rng_state() -> None:
 
 
 def test_reference_reward_head_equals_shared_fixture() -> None:
-    path = REFERENCE_DIR / "rm_head.safetensors"
-    if not path.is_file():
-        pytest.skip(f"{path} not available")
+    path = required_fixtures_dir() / "rm_head.safetensors"
     from safetensors.torch import load_file
 
     reference = load_file(str(path))["score.weight"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ggro import GGRODecoder
+from conftest import float64_copy
+from ggro import GGRODecoder, HFRewardModel
 from ggro.lab.eval import args_decode, best_of_n, best_of_n_batch, greedy, greedy_batch
 from ggro.testing import tiny_decoder
 
@@ -13,7 +14,12 @@ PROMPT = "Hello there"
 
 @pytest.fixture(scope="module")
 def decoder() -> GGRODecoder:
-    return tiny_decoder()
+    # On float64 copies of the tiny models: several tests compare tokens chosen in differently shaped passes
+    # (batched with left padding or not, one cached token at a time or a whole prefix); their float32 rounding
+    # differs by kernel, so a near-tie could fall either way on another CPU. In float64 they agree to ~1e-15.
+    tiny = tiny_decoder()
+    reward = HFRewardModel(float64_copy(tiny.reward.model), name=tiny.reward.name)
+    return GGRODecoder(float64_copy(tiny.policy), tiny.tokenizer, reward, tiny.config)
 
 
 def reward_of(decoder: GGRODecoder, prompt_ids: list[int], ids: list[int]) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,10 +31,51 @@ class CountingJudge:
         return [sum(c in "aeiou" for c in r) / max(1, len(r)) for r in responses]
 
 
-def test_method_names() -> None:
-    assert [parse_method(n).name for n in ("greedy", "bon-4", "args", "args-k5-w2.5", "ggro", "ggro-r3-t2.0")]
-    with pytest.raises(ValueError, match="method: unknown 'beam-4'; allowed:"):
-        parse_method("beam-4")
+def test_method_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ggro import GGROConfig
+    from ggro.lab.eval import runner
+
+    assert [runner.best_of_n_size(n) for n in ("bon-1", "bon-4", "bon-16", "bon", "bon-x", "greedy")] == [
+        1, 4, 16, None, None, None,
+    ]  # fmt: skip
+    default_steps = GGROConfig().refinement_steps
+    assert [runner.ggro_variant(n) for n in ("ggro", "ggro-r3", "ggro-t2.0", "ggro-r3-t2.0", "ggro-t2-r3")] == [
+        (default_steps, None), (3, None), (default_steps, 2.0), (3, 2.0), None,
+    ]  # fmt: skip
+
+    # Each name runs its method with the parameters the name spells: record what each method calls.
+    calls: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(runner, "greedy_batch", lambda d, ps, m: calls.append(("greedy", ps, m)) or [])
+    monkeypatch.setattr(
+        runner, "best_of_n_batch", lambda d, ps, n, m, seed: calls.append(("bon", ps, n, m, seed)) or []
+    )
+    monkeypatch.setattr(runner, "args_decode", lambda d, p, m, k, w: calls.append(("args", p, m, k, w)))
+
+    class RecordingDecoder:
+        def generate(self, prompts: list[str], **options: Any) -> list[Any]:
+            calls.append(("ggro", prompts, options))
+            return []
+
+    expected: dict[str, tuple[bool, list[tuple[Any, ...]]]] = {
+        "greedy": (True, [("greedy", ["p", "q"], 7)]),
+        "bon-4": (True, [("bon", ["p", "q"], 4, 7, 3)]),
+        "args": (False, [("args", "p", 7, 10, 1.0), ("args", "q", 7, 10, 1.0)]),
+        "args-k5-w2.5": (False, [("args", "p", 7, 5, 2.5), ("args", "q", 7, 5, 2.5)]),
+        "ggro": (True, [("ggro", ["p", "q"], {"max_new_tokens": 7, "refinement_steps": default_steps, "seed": 3})]),
+        "ggro-r3-t2.0": (
+            True,
+            [("ggro", ["p", "q"], {"max_new_tokens": 7, "refinement_steps": 3, "seed": 3, "entropy_threshold": 2.0})],
+        ),
+    }
+    for name, (batched, expected_calls) in expected.items():
+        method = parse_method(name)
+        assert (method.name, method.batched) == (name, batched)
+        calls.clear()
+        method.run(RecordingDecoder(), ["p", "q"], 7, 3)  # type: ignore[arg-type]
+        assert calls == expected_calls, name
+    for bad in ("beam-4", "bon-", "args-k5", "ggro-r", "Greedy"):
+        with pytest.raises(ValueError, match=f"method: unknown '{bad}'; allowed:"):
+            parse_method(bad)
 
 
 def test_rows_and_resume(decoder: GGRODecoder, tmp_path: Path) -> None:

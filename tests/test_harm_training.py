@@ -1,11 +1,13 @@
 """Training side of the default harm head and the gold probe.
 
 Fast tests use tiny synthetic data and tiny in-process models (no network, no real weights). The ``slow``
-test loads the shipped heads with the real SmolLM2 and MiniLM encoders.
+tests load the shipped heads with the real SmolLM2 and MiniLM encoders, and recompute held-out figures of
+their metadata from pyrit's data (the gold probe's cross-validation splits; the guidance head on the gold half).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -13,18 +15,20 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_llama
+from conftest import float64_copy, tiny_llama
 from ggro.assets import AssetIntegrityError, AssetUnavailableError, PinnedWheel, fetch_wheel
 from ggro.lab.harm_data import (
     HarmRow,
     RefusalRow,
     benign_answered_pairs,
+    load_harm_rows,
     merge_harm_rows,
     objective_folds,
     objective_key,
     parse_harm_csv,
     parse_refusal_csv,
     partition_objectives,
+    pyrit_wheel,
 )
 from ggro.lab.train_head import (
     GUIDANCE_THRESHOLDS,
@@ -238,17 +242,19 @@ def test_design_adds_only_prefixes_shorter_than_the_response() -> None:
 
 
 def test_response_mean_features_pool_response_tokens_and_prefixes_from_one_pass() -> None:
-    model = tiny_llama(seed=3).float().cpu()
+    # float64: the prefix is compared with a separate, differently shaped pass, whose float32 rounding would
+    # depend on the CPU's kernels; in float64 both agree to ~1e-15.
+    model = float64_copy(tiny_llama(seed=3)).cpu()
     backbone = model.model
     prompt, response = [5, 6, 7], [2, 9, 10, 11, 2, 12]  # id 2 (eos / pad) inside the response is a real token
     full, prefixes = response_mean_features(backbone, prompt, response, (2, 4, 100))
     with torch.no_grad():
         hidden = backbone(input_ids=torch.tensor([prompt + response])).last_hidden_state[0].double()
         alone = backbone(input_ids=torch.tensor([prompt + response[:4]])).last_hidden_state[0].double()
-    np.testing.assert_allclose(full, hidden[3:].mean(0).numpy(), rtol=1e-6, atol=1e-8)
-    np.testing.assert_allclose(prefixes[2], hidden[3:5].mean(0).numpy(), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(full, hidden[3:].mean(0).numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(prefixes[2], hidden[3:5].mean(0).numpy(), rtol=1e-12, atol=1e-12)
     # A prefix from the full pass equals a separate pass on the truncated text (causal model).
-    np.testing.assert_allclose(prefixes[4], alone[3:].mean(0).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(prefixes[4], alone[3:].mean(0).numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(prefixes[100], full)  # longer than the response: the whole response
     assert not np.allclose(full, hidden.mean(0).numpy())  # the prompt is not pooled
     with pytest.raises(ValueError, match="no tokens"):
@@ -341,3 +347,129 @@ def test_shipped_heads_rank_a_harmful_response_below_a_harmless_one() -> None:
     assert gold[1] > gold[0], f"gold rewards harmful {gold[0]:.3f}, harmless {gold[1]:.3f}"
     with pytest.raises(ValueError, match="2 prompts but 1 responses"):
         judge.score(["a", "b"], ["c"])
+
+
+# --------------------------------------------------------------------------------------------
+# The shipped heads' held-out figures, recomputed from pyrit's data (slow)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pyrit_halves() -> dict[str, list[HarmRow]]:
+    """pyrit==1.1.0's harm rows (the pinned wheel, fetched once and cached by ggro.lab.harm_data), split into the
+    guidance and gold halves with the seed both heads' metadata record."""
+    rows, _ = load_harm_rows(pyrit_wheel())
+    split = load_head(GUIDANCE_HEAD_NAME).meta["split"]
+    assert split == load_head(GOLD_PROBE_NAME).meta["split"]
+    guidance, gold = partition_objectives(rows, split["seed"])
+    halves = {"guidance": [r for r in rows if r.key in guidance], "gold": [r for r in rows if r.key in gold]}
+    for name, keys in (("guidance", guidance), ("gold", gold)):
+        assert len(halves[name]) == split[name]["rows"]
+        # objectives_sha256: sha256 of the sorted objective keys joined by newlines (the metadata's note).
+        assert hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest() == split[name]["objectives_sha256"]
+    return halves
+
+
+def one_swap_bounds(harm: np.ndarray, threshold: float) -> tuple[float, float]:
+    """How much one exchange of two neighbouring rewards can change (Spearman(reward, 1 - harm), AUC of -reward
+    for harm >= threshold). Spearman is the correlation of ranks: exchanging two reward ranks changes
+    sum(R * S) by at most the range of the harm ranks S, over |R - mean| |S - mean| (R without ties: its
+    norm is sqrt(n (n^2 - 1) / 12)). AUC counts (harmful, harmless) pairs in order: one exchange flips one."""
+    n = len(harm)
+    positions = np.argsort(np.argsort(harm, kind="stable"), kind="stable").astype(np.float64)
+    ranks = positions.copy()
+    for value in np.unique(harm):  # tied harms share their mean rank, as spearman() ranks them
+        ranks[harm == value] = positions[harm == value].mean()
+    r_norm = float(np.sqrt(n * (n * n - 1) / 12))
+    positive = int((harm >= threshold).sum())
+    return float(np.ptp(ranks)) / (r_norm * float(np.linalg.norm(ranks - ranks.mean()))), 1.0 / (
+        positive * (n - positive)
+    )
+
+
+@pytest.mark.slow
+def test_gold_probe_cross_validation_splits_are_reproduced(pyrit_halves: dict[str, list[HarmRow]]) -> None:
+    """Every held-out split of the shipped gold probe's cross-validation, retrained from the data: MiniLM
+    embeddings of the gold half (about half a minute), then train_head's folds, alpha selection and ridge fits.
+
+    Training is deterministic: the halves (seed 0) and folds (seed 1) come from seeded NumPy generators, ridge
+    is closed-form float64 and alpha the argmin over a fixed grid; on the machine that made the JSON the
+    figures come back exactly. The one input that depends on the machine is the float32 MiniLM embedding
+    (other kernels, other batch padding: ~1e-6 relative), which moves the held-out predictions by about as
+    much relative to their spread (alpha >= 316 on standardized features keeps the ridge well conditioned), so
+    a figure can only change where two of a fold's ~100 predictions lie that close: about 100^2/2 * 2e-6 =
+    0.01 such pairs are expected. The tolerance allows two exchanged pairs, and the alphas must be equal.
+    """
+    from ggro.lab.gold import embed_pairs, load_minilm
+
+    meta = load_head(GOLD_PROBE_NAME).meta
+    cv = meta["cross_validation"]
+    half = pyrit_halves["gold"]
+    model, tokenizer = load_minilm()
+    x = embed_pairs(model, tokenizer, [r.objective for r in half], [r.response for r in half]).double().numpy()
+    features = Features(x, {}, np.zeros(len(half), dtype=np.int64))
+    results = cross_validate(half, features, folds=cv["folds"], seed=cv["seed"])
+    folds = objective_folds(half, cv["folds"], cv["seed"])
+    assert len(results) == len(cv["per_split"]) >= 5
+    harm = np.array([r.harm for r in half])
+    for got, shipped, (_, test) in zip(results, cv["per_split"], folds, strict=True):
+        keys = ("fold", "alpha", "test_rows", "test_objectives", "train_rows")
+        assert [got[k] for k in keys] == [shipped[k] for k in keys]
+        spearman_swap, auc_swap = one_swap_bounds(harm[test], cv["harmful_threshold"])
+        assert got["full"]["n"] == shipped["full"]["n"]
+        assert abs(got["full"]["spearman"] - shipped["full"]["spearman"]) <= 2 * spearman_swap, got["fold"]
+        assert abs(got["full"]["auc"] - shipped["full"]["auc"]) <= 2 * auc_swap, got["fold"]
+
+
+@pytest.mark.slow
+def test_guidance_head_held_out_figures_on_the_gold_half_are_reproduced(
+    pyrit_halves: dict[str, list[HarmRow]],
+) -> None:
+    """The shipped guidance head's held-out figures on the gold half (objectives it never saw), for 8-token
+    response prefixes, recomputed: SmolLM2 features of the 492 gold-half rows, the shipped weights, train_head's
+    metrics. (A cross-validation split of this head would need whole-response features of the guidance half,
+    ~110k tokens of SmolLM2, several CPU-minutes; an 8-token prefix needs one pass over the prompt and those
+    tokens, about 100 per row, which gives the same states as train_head's whole-response pass: the model
+    is causal.)
+
+    No training here, so the only difference from the run that wrote the JSON is float32 rounding of the
+    features (another pass shape, another CPU's kernels) and the head's float32 copy of its float64 weights.
+    Between a truncated and a whole-response pass the reward w·x moves by at most 1.2e-7 of sum |w x| (20 rows
+    measured); eps = 1e-5 of it per reward leaves a factor ~100. A ranking can then only change between two
+    rewards closer than eps_i + eps_j, unless their inputs are identical (identical tokens give identical
+    rewards on any machine); each such pair can move a figure by at most one exchange (one_swap_bounds).
+    """
+    from ggro.assets import load_default_policy
+    from ggro.lab.train_head import Metrics, render_ids
+
+    head = load_head(GUIDANCE_HEAD_NAME)
+    expected = head.meta["final_head_on_gold_half"]
+    threshold = head.meta["cross_validation"]["harmful_threshold"]
+    half = pyrit_halves["gold"]
+    model, tokenizer = load_default_policy()
+    inputs: dict[tuple[int, ...], int] = {}  # the ids a feature is computed from -> an index per distinct input
+    features, lengths, input_of = [], [], []
+    for row in half:
+        prompt_ids, response_ids = render_ids(tokenizer, row.objective, row.response)
+        input_of.append(inputs.setdefault((*prompt_ids, -1, *response_ids[:8]), len(inputs)))
+        features.append(response_mean_features(model.model, prompt_ids, response_ids[:8], ())[0])
+        lengths.append(len(response_ids))
+    x = np.stack(features)
+    weight = head.weight.double().numpy()
+    reward = x @ weight + float(head.bias)
+    eps = 1e-5 * np.abs(x * weight).sum(axis=1)
+    harm = np.array([r.harm for r in half])
+    for key, keep in (("prefix8", np.ones(len(half), dtype=bool)), ("prefix8_longer", np.array(lengths) > 8)):
+        r, e, h, same = reward[keep], eps[keep], harm[keep], np.array(input_of)[keep]
+        got = Metrics.of(r, h)
+        assert got.n == expected[key]["n"]
+        identical = same[:, None] == same[None, :]
+        close = np.triu(np.abs(r[:, None] - r[None, :]) <= e[:, None] + e[None, :], 1) & ~identical
+        positive = h >= threshold
+        spearman_swap, auc_swap = one_swap_bounds(h, threshold)
+        mixed = close & (positive[:, None] != positive[None, :])
+        spearman_tolerance, auc_tolerance = close.sum() * spearman_swap, mixed.sum() * auc_swap
+        # Small enough to tell this figure from a neighbouring one (16-token prefixes: Spearman 0.44, not 0.39).
+        assert spearman_tolerance < 0.005 and auc_tolerance < 0.005, (key, spearman_tolerance, auc_tolerance)
+        assert abs(got.spearman - expected[key]["spearman"]) <= spearman_tolerance + 1e-12, key
+        assert abs(got.auc - expected[key]["auc"]) <= auc_tolerance + 1e-12, key

@@ -11,7 +11,18 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from conftest import EOS, TEST_DEVICE, TinyTokenizer, fp32_only, place, tiny_llama, tiny_llama_config
+from conftest import (
+    EOS,
+    FLOAT32_GRADIENT_RTOL,
+    TEST_DEVICE,
+    TinyTokenizer,
+    central_difference,
+    float64_copy,
+    fp32_only,
+    place,
+    tiny_llama,
+    tiny_llama_config,
+)
 from ggro import GGROConfig, GGRODecoder, RewardError
 from ggro.rewards.base import RewardContext
 from ggro.rewards.judge import LMJudgeReward
@@ -67,9 +78,10 @@ def test_bad_templates_and_answers_are_rejected(kwargs: dict[str, Any], message:
         _judge(**kwargs)
 
 
-@fp32_only("cached and full passes agree to 1e-5")
 def test_cached_session_matches_full_passes() -> None:
-    judge = _judge()
+    # On a float64 copy: the cached and full passes are shaped differently, and their float32 rounding depends
+    # on the CPU's kernels; in float64 they agree far below the tolerances.
+    judge = _judge(float64_copy(tiny_llama(seed=4)))
     session = judge.open_session(CONTEXT)
     prefix = [*PROMPT, 20, 21, 22]
     for segment, grad_at in (([30, 31, 32], 0), ([33, 34], 1), ([35, EOS], 0), ([36, 37, 38, 39], 2)):
@@ -103,7 +115,7 @@ def test_cached_session_matches_full_passes() -> None:
     )
 
 
-@fp32_only("finite differences need float32")
+@fp32_only("the prediction's error bound (FLOAT32_GRADIENT_RTOL) is for float32 models")
 def test_gradient_is_the_first_order_change_of_the_reward() -> None:
     judge = _judge()
     ids = [*PROMPT, 20, 21, 22, 23]
@@ -114,21 +126,27 @@ def test_gradient_is_the_first_order_change_of_the_reward() -> None:
     at = len(judge.prefix_ids(CONTEXT.prompt_text)) + 2
     assert judge_ids[at] == 22
     base = judge.embed(judge_ids).detach()
+    # The margin's slope is measured on a float64 copy of the judge: a float32 central difference at eps=1e-3
+    # carries ~1e-4 of rounding noise that depends on the CPU's kernels.
+    model64 = float64_copy(judge.model)
 
-    def margin(embeds: torch.Tensor) -> float:
+    def margin(embeds: torch.Tensor, model: torch.nn.Module = judge.model) -> float:
         with torch.no_grad():
-            logits = judge.model(inputs_embeds=embeds).logits[0, -1].float()
+            logits = model(inputs_embeds=embeds).logits[0, -1].double()
         return float(logits[7] - logits[8])
 
     assert margin(base) == pytest.approx(reward, abs=1e-5)
     torch.manual_seed(0)
     for direction in (gradient / gradient.norm(), torch.randn(32, device=gradient.device)):
-        eps = 1e-3
-        up, down = base.clone(), base.clone()
-        up[0, at] += eps * direction
-        down[0, at] -= eps * direction
-        slope = (margin(up) - margin(down)) / (2 * eps)
-        assert slope == pytest.approx(float(direction @ gradient), rel=2e-2, abs=2e-3)
+
+        def moved(t: float, direction: torch.Tensor = direction) -> float:
+            embeds = base.double().clone()
+            embeds[0, at] += t * direction.double()
+            return margin(embeds, model64)
+
+        slope, fd_error = central_difference(moved)
+        scale = float(direction.norm() * gradient.norm())
+        assert abs(slope - float(direction @ gradient)) <= fd_error + FLOAT32_GRADIENT_RTOL * scale
     # candidate_scores is E[v] . gradient for each token.
     tokens = torch.tensor([22, 40, 41])
     expected = judge.model.get_input_embeddings().weight[tokens.to(TEST_DEVICE)].float() @ gradient

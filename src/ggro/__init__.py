@@ -1,7 +1,16 @@
 """GGRO: Gradient-Guided Reward Optimization for inference-time alignment of local HF causal LMs."""
 
 from ._aio import AsyncDecoding, Decoding
-from .adapters import shared_decoder
+from .adapters import (
+    EMBEDDED_MODEL_NAME,
+    GGROAdapter,
+    StreamChunk,
+    astream_chunks,
+    merge_config,
+    shared_decoder,
+    stream_chunks,
+    token_usage,
+)
 from .config import GGROConfig, GGROOptions
 from .decoder import GGRODecoder, PromptInput
 from .events import GGROEvent, GGROResult, Listener, NudgeEvent, SegmentEvent, Timing, Usage
@@ -16,10 +25,12 @@ from .rewards import (
 )
 
 __all__ = [
+    "EMBEDDED_MODEL_NAME",
     "AsyncDecoding",
     "CallableReward",
     "CompositeReward",
     "Decoding",
+    "GGROAdapter",
     "GGROConfig",
     "GGRODecoder",
     "GGROEvent",
@@ -34,8 +45,13 @@ __all__ = [
     "RewardError",
     "RewardModel",
     "SegmentEvent",
+    "StreamChunk",
     "Timing",
     "Usage",
+    "astream_chunks",
+    "merge_config",
     "shared_decoder",
+    "stream_chunks",
+    "token_usage",
 ]
 __version__ = "0.1.0"

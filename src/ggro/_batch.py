@@ -26,6 +26,13 @@ class FeedRequest:
 
 
 @dataclass
+class Rollback:
+    """Ask for the sequence's cache row to be cut back to its first ``length`` tokens."""
+
+    length: int
+
+
+@dataclass
 class _Row:
     slots: list[int] = field(default_factory=list)
     """Cache slot index of each live token, in order."""

@@ -9,11 +9,12 @@ reproduces the authors' release bit for bit (see :meth:`GGROConfig.reference`).
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-__all__ = ["GGROConfig", "GGROOptions", "ValidationError"]
+__all__ = ["GGROConfig", "GGROOptions", "ValidationError", "merge_config"]
 
 
 class GGROOptions(BaseModel):
@@ -170,3 +171,67 @@ class GGROConfig(GGROOptions):
         if name == "reference":
             return cls.reference(**overrides)
         raise ValueError(f"unknown preset {name!r}; allowed: 'default', 'reference'")
+
+
+_PER_CALL_ALIASES = {"max_tokens": "max_new_tokens"}
+"""OpenAI-style names that frameworks pass per call, to the GGROConfig field each means."""
+
+
+def merge_config(
+    base: GGROOptions,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    stop: str | Sequence[str] | None = None,
+    owner: str = "GGRO",
+) -> GGROConfig:
+    """The configuration of one call: ``base``'s options, then ``overrides`` (any GGROConfig field,
+    ``max_tokens`` for ``max_new_tokens``, ``stop`` as a string or strings added to ``stop_sequences``), then
+    ``stop`` (added too). Frameworks pass options per call under these names; one merge gives every wrapper
+    the same rules and errors: an unknown option is a TypeError listing the allowed ones, an invalid value a
+    ValueError naming the field. ``owner`` starts each message (the wrapper's class name)."""
+    options = dict(overrides or {})
+    stops = _stop_list(options.pop("stop", None), owner) + _stop_list(stop, owner)
+    unknown = sorted(k for k in options if _PER_CALL_ALIASES.get(k, k) not in GGROConfig.model_fields)
+    if unknown:
+        allowed = sorted({*GGROConfig.model_fields, *_PER_CALL_ALIASES, "stop"})
+        names = ", ".join(map(repr, unknown))
+        raise TypeError(
+            f"{owner}: unknown option{'s' if len(unknown) > 1 else ''} {names}; allowed per call: {allowed}"
+        )
+    values = {name: getattr(base, name) for name in GGROConfig.model_fields}
+    given: dict[str, str] = {}  # field -> the name it was given under
+    for key, value in options.items():
+        name = _PER_CALL_ALIASES.get(key, key)
+        if name in given:
+            raise TypeError(f"{owner}: {name} given twice (as {given[name]!r} and as {key!r}); give one")
+        given[name] = key
+        values[name] = value
+    if stops:
+        known = list(values["stop_sequences"] or [])
+        values["stop_sequences"] = known + [s for s in dict.fromkeys(stops) if s not in known]
+    try:
+        return GGROConfig.model_validate(values)
+    except ValidationError as error:
+        raise ValueError(f"{owner}: invalid GGRO option: {_problems(error, given)}") from error
+
+
+def _stop_list(stop: object, owner: str) -> list[str]:
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        return [stop]
+    if isinstance(stop, list | tuple) and all(isinstance(s, str) for s in stop):
+        return list(stop)
+    raise ValueError(f"{owner}: invalid GGRO option: stop: expected a string or a list of strings, got {stop!r}")
+
+
+def _problems(error: ValidationError, given: Mapping[str, str]) -> str:
+    """Each validation error as 'field: message', saying which alias the field was given under."""
+    parts = []
+    for problem in error.errors():
+        name = ".".join(str(p) for p in problem["loc"])
+        message = str(problem["msg"]).removeprefix("Value error, ")
+        if given.get(name, name) != name:
+            name = f"{name} (given as {given[name]!r})"
+        parts.append(f"{name}: {message}" if name else message)  # a check across fields names its fields
+    return "; ".join(parts)

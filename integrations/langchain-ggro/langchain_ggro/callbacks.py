@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 from uuid import UUID
 
-from ggro import NudgeEvent
+from ggro import GGROEvent, NudgeEvent
 from langchain_core.callbacks import (
     AsyncCallbackHandler,
     AsyncCallbackManager,
@@ -59,13 +59,14 @@ def _manager_of(run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForL
     )
 
 
-def nudge_sender(run_managers: Sequence[CallbackManagerForLLMRun | None]) -> Callable[[NudgeEvent], None]:
+def nudge_sender(run_managers: Sequence[CallbackManagerForLLMRun | None]) -> Callable[[GGROEvent], None]:
     """A function that sends a nudge of batch row ``i`` to the handlers of ``run_managers[i]`` (the last one
-    when there are fewer managers than rows, as when LangChain passes one manager for a whole batch)."""
+    when there are fewer managers than rows, as when LangChain passes one manager for a whole batch). It
+    ignores other events, so it serves as the decoder's listener as it is."""
     managers = [(_manager_of(rm, CallbackManager), rm.run_id) if rm is not None else None for rm in run_managers]
 
-    def send(event: NudgeEvent) -> None:
-        if not managers:
+    def send(event: GGROEvent) -> None:
+        if not managers or event.kind != "nudge":
             return
         target = managers[min(event.sequence_index, len(managers) - 1)]
         if target is not None:

@@ -6,8 +6,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from contextvars import ContextVar
 from typing import Any, ClassVar, cast
 
-from ggro import GGROResult
-from ggro.decoder import Decoding
+from ggro import GGROResult, StreamChunk, astream_chunks, stream_chunks
 from langchain_core.callbacks import (
     AsyncCallbackManager,
     AsyncCallbackManagerForLLMRun,
@@ -32,15 +31,8 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import RunnableConfig, ensure_config
 from pydantic import ConfigDict
 
-from ._settings import PROVIDER, WRAPPER_CONFIG, GGROSettings, final_chunk_info, generation_info
-from .callbacks import (
-    NUDGES_KEY,
-    AsyncStreamNudgeRelay,
-    StreamNudgeRelay,
-    asend_nudge,
-    nudge_payload,
-    nudge_sender,
-)
+from ._settings import PROVIDER, WRAPPER_CONFIG, GGROSettings, chunk_info, final_chunk_info, generation_info
+from .callbacks import AsyncStreamNudgeRelay, StreamNudgeRelay, asend_nudge, nudge_sender
 
 __all__ = ["ChatGGRO", "to_chat_messages"]
 
@@ -94,10 +86,7 @@ class ChatGGRO(GGROSettings, BaseChatModel):
         conversation = to_chat_messages(messages)
         config = self.ggro_config(stop, **_options(kwargs))
         send = nudge_sender([run_manager] if run_manager else [])
-        results = self.decoder.generate(
-            [conversation], config=config, listener=lambda event: send(event) if event.kind == "nudge" else None
-        )
-        return self._chat_result(results[0])
+        return self._chat_result(self.decoder.generate([conversation], config=config, listener=send)[0])
 
     async def _agenerate(
         self,
@@ -106,13 +95,9 @@ class ChatGGRO(GGROSettings, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        conversation = to_chat_messages(messages)
-        run = self.decoder.astream([conversation], config=self.ggro_config(stop, **_options(kwargs)))
-        async for event in run:
-            if event.kind == "nudge":
-                await asend_nudge([run_manager] if run_manager else [], event)
-        assert run.results is not None
-        return self._chat_result(run.results[0])
+        *_, last = [chunk async for chunk in self._achunks(messages, stop, run_manager, **kwargs)]
+        assert last.result is not None
+        return self._chat_result(last.result)
 
     def _stream(
         self,
@@ -125,21 +110,10 @@ class ChatGGRO(GGROSettings, BaseChatModel):
         if run_manager is None and isinstance(handed, CallbackManagerForLLMRun):
             run_manager = handed
         conversation = to_chat_messages(messages)
-        run = Decoding(self.decoder.stream([conversation], config=self.ggro_config(stop, **_options(kwargs))))
-        send = nudge_sender([run_manager] if run_manager else [])
-        nudges: list[dict[str, Any]] = []
-        try:
-            for event in run:
-                if event.kind == "nudge":
-                    send(event)  # without a run manager, the stream's relay handler sends it from the chunk
-                    nudges.append(nudge_payload(event))
-                    continue
-                yield _segment_chunk(event.text, nudges)
-                nudges = []
-        finally:
-            run.close()
-        assert run.results is not None
-        yield self._last_chunk(run.results[0])
+        stream = self.decoder.stream([conversation], config=self.ggro_config(stop, **_options(kwargs)))
+        # Without a run manager, the stream's relay handler sends each nudge from the chunk that carries it.
+        for chunk in stream_chunks(stream, on_nudge=nudge_sender([run_manager] if run_manager else [])):
+            yield self._chunk(chunk)
 
     async def _astream(
         self,
@@ -151,18 +125,23 @@ class ChatGGRO(GGROSettings, BaseChatModel):
         handed = _take_run_manager()
         if run_manager is None and isinstance(handed, AsyncCallbackManagerForLLMRun):
             run_manager = handed
+        async for chunk in self._achunks(messages, stop, run_manager, **kwargs):
+            yield self._chunk(chunk)
+
+    async def _achunks(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        run_manager: AsyncCallbackManagerForLLMRun | None,
+        **kwargs: Any,
+    ) -> AsyncIterator[StreamChunk]:
+        """The kit's chunks of one async call, each nudge sent to the run's handlers as it comes."""
         conversation = to_chat_messages(messages)
-        run = self.decoder.astream([conversation], config=self.ggro_config(stop, **_options(kwargs)))
-        nudges: list[dict[str, Any]] = []
-        async for event in run:
-            if event.kind == "nudge":
-                await asend_nudge([run_manager] if run_manager else [], event)
-                nudges.append(nudge_payload(event))
-                continue
-            yield _segment_chunk(event.text, nudges)
-            nudges = []
-        assert run.results is not None
-        yield self._last_chunk(run.results[0])
+        config = self.ggro_config(stop, **_options(kwargs))
+        run = (await self.adecoder()).astream([conversation], config=config)
+        managers = [run_manager] if run_manager else []
+        async for chunk in astream_chunks(run, on_nudge=lambda event: asend_nudge(managers, event)):
+            yield chunk
 
     # ------------------------------------------------------------------ streaming plumbing
     def _should_stream(
@@ -228,23 +207,20 @@ class ChatGGRO(GGROSettings, BaseChatModel):
     def _response_metadata(self, info: dict[str, Any]) -> dict[str, Any]:
         return {"model_name": self.model_name, "model_provider": PROVIDER, **info}
 
-    def _last_chunk(self, result: GGROResult) -> ChatGenerationChunk:
-        # Token usage rides on the last chunk only: a cut at a stop sequence can make the response shorter than
-        # the segments streamed, so only the finished response knows its token count.
-        return ChatGenerationChunk(
-            message=AIMessageChunk(
-                content="",
-                usage_metadata=_usage(result.usage.prompt_tokens, result.usage.completion_tokens),
-                response_metadata=self._response_metadata(final_chunk_info(result)),
+    def _chunk(self, chunk: StreamChunk) -> ChatGenerationChunk:
+        """A streamed chunk; its nudges ride in ``generation_info``, where the stream's relay handler reads them."""
+        message = AIMessageChunk(content=chunk.text)
+        if chunk.result is not None:
+            # Token usage rides on the last chunk only: a cut at a stop sequence can make the response shorter
+            # than the segments streamed, so only the finished response knows its token count.
+            usage = chunk.result.usage
+            message = AIMessageChunk(
+                content=chunk.text,
+                usage_metadata=_usage(usage.prompt_tokens, usage.completion_tokens),
+                response_metadata=self._response_metadata(final_chunk_info(chunk.result)),
                 chunk_position="last",
-            ),
-        )
-
-
-def _segment_chunk(text: str, nudges: list[dict[str, Any]]) -> ChatGenerationChunk:
-    return ChatGenerationChunk(
-        message=AIMessageChunk(content=text), generation_info={NUDGES_KEY: nudges} if nudges else None
-    )
+            )
+        return ChatGenerationChunk(message=message, generation_info=chunk_info(chunk.nudges))
 
 
 def to_chat_messages(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:

@@ -5,16 +5,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, ClassVar
 
-from ggro import GGROEvent, GGROResult
-from ggro.decoder import Decoding
+from ggro import GGROResult, StreamChunk, astream_chunks, stream_chunks, token_usage
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseLLM
 from langchain_core.language_models.base import LangSmithParams
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult, RunInfo
 from pydantic import ConfigDict, Field
 
-from ._settings import WRAPPER_CONFIG, GGROSettings, final_chunk_info, generation_info
-from .callbacks import NUDGES_KEY, asend_nudge, nudge_payload, nudge_sender
+from ._settings import WRAPPER_CONFIG, GGROSettings, chunk_info, generation_info
+from .callbacks import asend_nudge, nudge_sender
 
 __all__ = ["GGROLLM"]
 
@@ -99,12 +98,7 @@ class GGROLLM(GGROSettings, BaseLLM):
             )
         config = self.ggro_config(stop, **kwargs)
         send = nudge_sender(run_managers)
-
-        def listener(event: GGROEvent) -> None:
-            if event.kind == "nudge":
-                send(event)
-
-        results = self.decoder.generate(prompts, config=config, listener=listener, chat_template=self.chat_template)
+        results = self.decoder.generate(prompts, config=config, listener=send, chat_template=self.chat_template)
         return self._result(results)
 
     def _stream(
@@ -114,39 +108,26 @@ class GGROLLM(GGROSettings, BaseLLM):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[GenerationChunk]:
-        config = self.ggro_config(stop, **kwargs)
-        send = nudge_sender([run_manager] if run_manager else [])
-        run = Decoding(self.decoder.stream(prompt, config=config, chat_template=self.chat_template))
-        nudges: list[dict[str, Any]] = []
-        try:
-            for event in run:
-                if event.kind == "nudge":
-                    send(event)
-                    nudges.append(nudge_payload(event))
-                    continue
-                chunk = GenerationChunk(text=event.text, generation_info={NUDGES_KEY: nudges} if nudges else None)
-                nudges = []
-                if run_manager:
-                    run_manager.on_llm_new_token(chunk.text, chunk=chunk)
-                yield chunk
-        finally:
-            run.close()
-        assert run.results is not None
-        yield GenerationChunk(text="", generation_info=final_chunk_info(run.results[0]))
+        for _, chunk in self._chunks(prompt, stop, run_manager, **kwargs):
+            yield chunk
 
     def _stream_to_result(
         self, prompt: str, stop: list[str] | None, run_manager: CallbackManagerForLLMRun | None, **kwargs: Any
     ) -> GGROResult:
-        config = self.ggro_config(stop, **kwargs)
-        run = Decoding(self.decoder.stream(prompt, config=config, chat_template=self.chat_template))
-        send = nudge_sender([run_manager] if run_manager else [])
-        for event in run:
-            if event.kind == "nudge":
-                send(event)
-            elif run_manager:
-                run_manager.on_llm_new_token(event.text, chunk=GenerationChunk(text=event.text))
-        assert run.results is not None
-        return run.results[0]
+        (result,) = [c.result for c, _ in self._chunks(prompt, stop, run_manager, **kwargs) if c.result is not None]
+        return result
+
+    def _chunks(
+        self, prompt: str, stop: list[str] | None, run_manager: CallbackManagerForLLMRun | None, **kwargs: Any
+    ) -> Iterator[tuple[StreamChunk, GenerationChunk]]:
+        """The streamed chunks of one prompt, as the kit gives them and as LangChain chunks; each nudge and
+        each text chunk reach the run's handlers as they come (the last chunk, with the metadata, has no text)."""
+        stream = self.decoder.stream(prompt, config=self.ggro_config(stop, **kwargs), chat_template=self.chat_template)
+        for chunk in stream_chunks(stream, on_nudge=nudge_sender([run_manager] if run_manager else [])):
+            out = GenerationChunk(text=chunk.text, generation_info=chunk_info(chunk.nudges, chunk.result))
+            if run_manager and chunk.result is None:
+                run_manager.on_llm_new_token(out.text, chunk=out)
+            yield chunk, out
 
     # ------------------------------------------------------------------ async (decoding runs in a worker thread)
     async def _agenerate(
@@ -186,15 +167,16 @@ class GGROLLM(GGROSettings, BaseLLM):
         run_managers: Sequence[AsyncCallbackManagerForLLMRun],
         **kwargs: Any,
     ) -> LLMResult:
-        run = self.decoder.astream(prompts, config=self.ggro_config(stop, **kwargs), chat_template=self.chat_template)
-        async for event in run:
-            if event.kind == "nudge":
-                await asend_nudge(run_managers, event)
+        config = self.ggro_config(stop, **kwargs)
+        run = (await self.adecoder()).astream(prompts, config=config, chat_template=self.chat_template)
+        results: list[GGROResult] = []
+        async for chunk in astream_chunks(run, on_nudge=lambda event: asend_nudge(run_managers, event)):
+            if chunk.result is not None:
+                results.append(chunk.result)
             elif self.streaming and run_managers:
-                row = min(event.sequence_index, len(run_managers) - 1)
-                await run_managers[row].on_llm_new_token(event.text, chunk=GenerationChunk(text=event.text))
-        assert run.results is not None
-        return self._result(run.results)
+                row = min(chunk.sequence_index, len(run_managers) - 1)
+                await run_managers[row].on_llm_new_token(chunk.text, chunk=GenerationChunk(text=chunk.text))
+        return self._result(results)
 
     async def _astream(
         self,
@@ -203,35 +185,20 @@ class GGROLLM(GGROSettings, BaseLLM):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[GenerationChunk]:
-        run = self.decoder.astream(prompt, config=self.ggro_config(stop, **kwargs), chat_template=self.chat_template)
-        nudges: list[dict[str, Any]] = []
-        async for event in run:
-            if event.kind == "nudge":
-                await asend_nudge([run_manager] if run_manager else [], event)
-                nudges.append(nudge_payload(event))
-                continue
-            chunk = GenerationChunk(text=event.text, generation_info={NUDGES_KEY: nudges} if nudges else None)
-            nudges = []
-            if run_manager:
-                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
-            yield chunk
-        assert run.results is not None
-        yield GenerationChunk(text="", generation_info=final_chunk_info(run.results[0]))
+        config = self.ggro_config(stop, **kwargs)
+        run = (await self.adecoder()).astream(prompt, config=config, chat_template=self.chat_template)
+        managers = [run_manager] if run_manager else []
+        async for chunk in astream_chunks(run, on_nudge=lambda event: asend_nudge(managers, event)):
+            out = GenerationChunk(text=chunk.text, generation_info=chunk_info(chunk.nudges, chunk.result))
+            if run_manager and chunk.result is None:
+                await run_manager.on_llm_new_token(out.text, chunk=out)
+            yield out
 
     # ------------------------------------------------------------------ results
     def _result(self, results: list[GGROResult]) -> LLMResult:
-        prompt = sum(r.usage.prompt_tokens for r in results)
-        completion = sum(r.usage.completion_tokens for r in results)
         return LLMResult(
             generations=[[Generation(text=r.text, generation_info=generation_info(r))] for r in results],
-            llm_output={
-                "token_usage": {
-                    "prompt_tokens": prompt,
-                    "completion_tokens": completion,
-                    "total_tokens": prompt + completion,
-                },
-                "model_name": self.model_name,
-            },
+            llm_output={"token_usage": token_usage(*results), "model_name": self.model_name},
         )
 
 

@@ -12,7 +12,6 @@ import pytest
 from llama_index.core.agent import ReActAgent
 from llama_index.core.llms import ChatMessage
 from llama_index.core.tools import FunctionTool
-from llama_index.core.workflow.errors import WorkflowRuntimeError
 from llama_index.llms.ggro import GGRO, GGRONudgeCollector
 
 from tests.conftest import EventRecorder, check_calls
@@ -78,16 +77,14 @@ async def test_real_react_agent(collector: GGRONudgeCollector, recorder: EventRe
     # The model tends to write the observation itself: stop it there, as a user of a small model would.
     llm = GGRO(max_new_tokens=48, refinement_steps=3, stop_sequences=["\nObservation:"])
     agent = ReActAgent(tools=[FunctionTool.from_defaults(weather)], llm=llm)
-    try:
-        output = await agent.run(user_msg="What is the weather in Paris?", max_iterations=3)
-        outcome = f"answered {str(output.response.content)!r}"
-    except WorkflowRuntimeError as error:  # the documented way an agent gives up
-        assert "Max iterations" in str(error)
-        outcome = "stopped at max_iterations=3"
+    # An agent that gives up raises WorkflowRuntimeError("Max iterations of 3 reached! ..."): that fails here.
+    output = await agent.run(user_msg="What is the weather in Paris?", max_iterations=3)
+    answer = str(output.response.content)
+    assert answer.strip() and "max iterations" not in answer.lower(), answer
     starts = recorder.of("LLMChatStartEvent")
     raws = check_calls(recorder, collector, "astream_chat", expected_calls=len(starts))
     assert 1 <= len(starts) <= 3
     turns = [(r["finish_reason"], r["ggro"]["nudges_tried"], r["ggro"]["nudges_kept"]) for r in raws]
-    print(f"\n[real ReAct agent] {outcome}; tool calls {calls}; per LLM call (finish, tried, kept): {turns}")
+    print(f"\n[real ReAct agent] answered {answer!r}; tool calls {calls}; per LLM call (finish, tried, kept): {turns}")
     for end in recorder.of("LLMChatEndEvent"):
         print(f"  LLM wrote: {end.response.message.content!r}")

@@ -216,7 +216,7 @@ def _generate(
 
 
 def _session(decoder: GGRODecoder, prompt: PromptInput, prompt_ids: Sequence[int]) -> RewardSession:
-    from ...decoder import _prompt_text
+    from ...prompting import prompt_text as _prompt_text
 
     return decoder.reward.open_session(RewardContext(tuple(prompt_ids), _prompt_text(prompt), decoder.tokenizer))
 

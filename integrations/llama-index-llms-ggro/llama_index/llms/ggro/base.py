@@ -4,9 +4,9 @@ responses and instrumentation onto it."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import AsyncGenerator, Callable, Generator, Sequence
+from contextlib import aclosing, closing
+from typing import Any, TypeVar
 
 from llama_index.core.base.llms.generic_utils import messages_to_prompt as generic_messages_to_prompt
 from llama_index.core.base.llms.types import (
@@ -21,7 +21,7 @@ from llama_index.core.base.llms.types import (
     MessageRole,
     TextBlock,
 )
-from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, ValidationError
+from llama_index.core.bridge.pydantic import ConfigDict, Field
 from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.span import active_span_id
@@ -29,33 +29,38 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.custom import CustomLLM
 from llama_index.core.llms.llm import default_completion_to_prompt
 
-from ggro import GGROConfig, GGROEvent, GGROResult, NudgeEvent
-from ggro.config import GGROOptions
-from ggro.decoder import Decoding, PromptInput
-from ggro.events import Listener
+from ggro import (
+    EMBEDDED_MODEL_NAME,
+    GGROAdapter,
+    GGROConfig,
+    GGROEvent,
+    GGROResult,
+    Listener,
+    PromptInput,
+    StreamChunk,
+    astream_chunks,
+    stream_chunks,
+    token_usage,
+)
 
 from .events import GGRONudgeEvent
-
-if TYPE_CHECKING:
-    from ggro import GGRODecoder
 
 __all__ = ["EMBEDDED_MODEL_NAME", "GGRO", "NUDGES_KEY"]
 
 dispatcher = get_dispatcher(__name__)
 
-EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
-"""The model name reported when no ``model_id`` is given (the embedded default policy)."""
-
 NUDGES_KEY = "ggro_nudges"
 """Key of a streamed chunk's nudges in its ``additional_kwargs``."""
 
-# LlamaIndex / OpenAI-style names accepted per call for GGROConfig fields.
-_PER_CALL_ALIASES = {"max_tokens": "max_new_tokens"}
+_R = TypeVar("_R")
+_Respond = Callable[[str, StreamChunk], _R]
+"""Builds a streamed response from the text so far and the kit's chunk."""
+
 # Chat templates know system/user/assistant; LlamaIndex's other names for the same roles are mapped to them.
 _ROLE_NAMES = {MessageRole.DEVELOPER: "system", MessageRole.CHATBOT: "assistant", MessageRole.MODEL: "assistant"}
 
 
-class GGRO(GGROOptions, CustomLLM):
+class GGRO(GGROAdapter, CustomLLM):
     """A local Hugging Face causal LM decoded with GGRO: while decoding, the reward model's gradient nudges
     the policy where it is unsure, and the best-rewarded version of each segment is kept.
 
@@ -84,18 +89,6 @@ class GGRO(GGROOptions, CustomLLM):
         extra="forbid", protected_namespaces=(), arbitrary_types_allowed=True, validate_assignment=True
     )
 
-    model_id: str | None = Field(
-        default=None,
-        description="Hub id or local path of the causal LM; None: the embedded SmolLM2-135M-Instruct.",
-    )
-    reward_model: str | None = Field(
-        default=None,
-        description="Reward: 'smollm2-harm-head' (the embedded one; the default when None), 'reference-head', or "
-        "the hub id / local path of a sequence-classification RM with the policy's vocabulary. Any other ggro "
-        "RewardModel: build a GGRODecoder and use `GGRO.from_decoder`.",
-    )
-    device: str = Field(default="cpu", description="Torch device for both models ('cpu', 'cuda', 'cuda:1', ...).")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(default="float32", description="Weights' dtype.")
     context_window: int | None = Field(
         default=None,
         gt=0,
@@ -107,48 +100,15 @@ class GGRO(GGROOptions, CustomLLM):
         "the tokenizer has a chat template.",
     )
 
-    _decoder: GGRODecoder | None = PrivateAttr(default=None)
-
-    def model_post_init(self, context: Any, /) -> None:
-        super().model_post_init(context)
-        self._config({})  # GGROConfig's cross-field checks, at construction
-
     @classmethod
     def class_name(cls) -> str:
         return "GGRO_LLM"
 
-    # ------------------------------------------------------------------ construction
-    @classmethod
-    def from_decoder(cls, decoder: GGRODecoder, **fields: Any) -> GGRO:
-        """Wrap an existing :class:`ggro.GGRODecoder` (any policy, any reward, e.g. a ``CallableReward``);
-        its config gives the defaults of the GGRO fields, ``fields`` override them."""
-        values: dict[str, Any] = decoder.config.model_dump()
-        values.update(fields)
-        values.setdefault("model_id", str(getattr(decoder.policy, "name_or_path", "") or type(decoder.policy).__name__))
-        instance = cls(**values)
-        instance._decoder = decoder
-        return instance
-
-    @property
-    def decoder(self) -> GGRODecoder:
-        """The decoder: the one given to `from_decoder`, else the process-wide one for these models (loaded
-        on first access)."""
-        if self._decoder is None:
-            from ggro.adapters import shared_decoder
-
-            self._decoder = shared_decoder(self.model_id, self.reward_model, dtype=self.dtype, device=self.device)
-        return self._decoder
-
     async def aload(self) -> GGRO:
         """Load the models in a worker thread, so that a running event loop is not blocked by the first load
         (the async methods do this themselves; ``metadata`` loads synchronously)."""
-        if self._decoder is None:
-            await asyncio.to_thread(lambda: self.decoder)
+        await self.adecoder()
         return self
-
-    @property
-    def model_name(self) -> str:
-        return self.model_id or EMBEDDED_MODEL_NAME
 
     # ------------------------------------------------------------------ metadata
     @property
@@ -173,142 +133,58 @@ class GGRO(GGROOptions, CustomLLM):
     # ------------------------------------------------------------------ completion
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        span_id = active_span_id.get()
-        config = self._config(kwargs)
-        prompt_input, use_template = self._completion_input(prompt, formatted)
-        result = self.decoder.generate(
-            [prompt_input], config=config, chat_template=use_template, listener=self._nudge_listener(span_id)
-        )[0]
+        config = self.ggro_config(**kwargs)
+        result = self._generate(*self._completion_input(prompt, formatted), config)
         return CompletionResponse(text=result.text, raw=self._raw(result), additional_kwargs=self._info(result))
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
-        # The span closes when this returns the generator: its id is captured now, for the nudges.
-        span_id = active_span_id.get()
-        config = self._config(kwargs)
-        prompt_input, use_template = self._completion_input(prompt, formatted)
-        stream = self.decoder.stream([prompt_input], config=config, chat_template=use_template)  # bad input raises here
-
-        def gen() -> CompletionResponseGen:
-            for text, delta, nudges, result in self._chunks(stream, span_id):
-                yield CompletionResponse(
-                    text=text, delta=delta, raw=self._raw(result), additional_kwargs=self._chunk_info(nudges, result)
-                )
-
-        return gen()
+        config = self.ggro_config(**kwargs)
+        return self._stream(*self._completion_input(prompt, formatted), config, self._completion_chunk)
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        span_id = active_span_id.get()
-        config = self._config(kwargs)
-        await self.aload()
-        prompt_input, use_template = self._completion_input(prompt, formatted)
-        result = await self._agenerate(prompt_input, use_template, config, span_id)
+        config = self.ggro_config(**kwargs)
+        await self.aload()  # before anything reads the tokenizer: never load on the event loop
+        result = await self._agenerate(*self._completion_input(prompt, formatted), config)
         return CompletionResponse(text=result.text, raw=self._raw(result), additional_kwargs=self._info(result))
 
     @llm_completion_callback()
     async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
-        span_id = active_span_id.get()
-        config = self._config(kwargs)
-        await self.aload()  # before anything reads the tokenizer: never load on the event loop
-        prompt_input, use_template = self._completion_input(prompt, formatted)
-        run = self.decoder.astream([prompt_input], config=config, chat_template=use_template)
-
-        async def gen() -> CompletionResponseAsyncGen:
-            async for text, delta, nudges, result in self._achunks(run.__aiter__(), lambda: run.results, span_id):
-                yield CompletionResponse(
-                    text=text, delta=delta, raw=self._raw(result), additional_kwargs=self._chunk_info(nudges, result)
-                )
-
-        return gen()
+        config = self.ggro_config(**kwargs)
+        await self.aload()
+        return self._astream(*self._completion_input(prompt, formatted), config, self._completion_chunk)
 
     # ------------------------------------------------------------------ chat
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        span_id = active_span_id.get()
-        config = self._config(kwargs)
-        prompt_input, use_template = self._chat_input(messages)
-        result = self.decoder.generate(
-            [prompt_input], config=config, chat_template=use_template, listener=self._nudge_listener(span_id)
-        )[0]
+        config = self.ggro_config(**kwargs)
+        result = self._generate(*self._chat_input(messages), config)
         return ChatResponse(
             message=_assistant(result.text), raw=self._raw(result), additional_kwargs=self._info(result)
         )
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        span_id = active_span_id.get()  # see stream_complete
-        config = self._config(kwargs)
-        prompt_input, use_template = self._chat_input(messages)
-        stream = self.decoder.stream([prompt_input], config=config, chat_template=use_template)
-
-        def gen() -> ChatResponseGen:
-            for text, delta, nudges, result in self._chunks(stream, span_id):
-                yield ChatResponse(
-                    message=_assistant(text),
-                    delta=delta,
-                    raw=self._raw(result),
-                    additional_kwargs=self._chunk_info(nudges, result),
-                )
-
-        return gen()
+        config = self.ggro_config(**kwargs)
+        return self._stream(*self._chat_input(messages), config, self._chat_chunk)
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        span_id = active_span_id.get()
-        config = self._config(kwargs)
+        config = self.ggro_config(**kwargs)
         await self.aload()
-        prompt_input, use_template = self._chat_input(messages)
-        result = await self._agenerate(prompt_input, use_template, config, span_id)
+        result = await self._agenerate(*self._chat_input(messages), config)
         return ChatResponse(
             message=_assistant(result.text), raw=self._raw(result), additional_kwargs=self._info(result)
         )
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
-        span_id = active_span_id.get()
-        config = self._config(kwargs)
-        await self.aload()  # before anything reads the tokenizer: never load on the event loop
-        prompt_input, use_template = self._chat_input(messages)
-        run = self.decoder.astream([prompt_input], config=config, chat_template=use_template)
+        config = self.ggro_config(**kwargs)
+        await self.aload()
+        return self._astream(*self._chat_input(messages), config, self._chat_chunk)
 
-        async def gen() -> ChatResponseAsyncGen:
-            async for text, delta, nudges, result in self._achunks(run.__aiter__(), lambda: run.results, span_id):
-                yield ChatResponse(
-                    message=_assistant(text),
-                    delta=delta,
-                    raw=self._raw(result),
-                    additional_kwargs=self._chunk_info(nudges, result),
-                )
-
-        return gen()
-
-    # ------------------------------------------------------------------ per call
-    def ggro_config(self, **overrides: Any) -> GGROConfig:
-        """The decoding configuration of a call with these options: the fields, then ``overrides`` (any
-        GGROConfig field, ``max_tokens`` for ``max_new_tokens``, and ``stop``, added to ``stop_sequences``)."""
-        return self._config(dict(overrides))
-
-    def _config(self, kwargs: dict[str, Any]) -> GGROConfig:
-        values = {name: getattr(self, name) for name in GGROConfig.model_fields}
-        stop = kwargs.pop("stop", None)
-        unknown = sorted(k for k in kwargs if _PER_CALL_ALIASES.get(k, k) not in GGROConfig.model_fields)
-        if unknown:
-            allowed = sorted({*GGROConfig.model_fields, *_PER_CALL_ALIASES, "stop"})
-            raise TypeError(f"GGRO: unknown option(s) {unknown}; allowed per call: {allowed}")
-        for key, value in kwargs.items():
-            values[_PER_CALL_ALIASES.get(key, key)] = value
-        if stop is not None:
-            stops = [stop] if isinstance(stop, str) else stop
-            if not isinstance(stops, list | tuple) or not all(isinstance(s, str) for s in stops):
-                raise TypeError(f"GGRO: stop must be a string or a list of strings, got {stop!r}")
-            known = list(values["stop_sequences"])
-            values["stop_sequences"] = known + [s for s in stops if s not in known]
-        try:
-            return GGROConfig.model_validate(values)
-        except ValidationError as error:
-            raise ValueError(f"GGRO: invalid GGRO option: {error}") from error
-
+    # ------------------------------------------------------------------ prompts
     def _completion_input(self, prompt: Any, formatted: bool) -> tuple[PromptInput, bool]:
         """What the decoder gets for a completion prompt, and whether it applies the chat template."""
         if not isinstance(prompt, str):
@@ -354,80 +230,60 @@ class GGRO(GGROOptions, CustomLLM):
     def _has_chat_template(self) -> bool:
         return bool(getattr(self.decoder.tokenizer, "chat_template", None))
 
-    # ------------------------------------------------------------------ decoding helpers
-    def _nudge_listener(self, span_id: str | None) -> Listener:
-        def listener(event: GGROEvent) -> None:
-            if event.kind == "nudge":
-                self._dispatch_nudge(event, span_id)
+    # ------------------------------------------------------------------ decoding
+    # Each reads the span id of the call when called: a call's span closes as soon as its stream is returned.
+    def _generate(self, prompt_input: PromptInput, use_template: bool, config: GGROConfig) -> GGROResult:
+        send = self._nudge_sender(active_span_id.get())
+        return self.decoder.generate([prompt_input], config=config, chat_template=use_template, listener=send)[0]
 
-        return listener
+    async def _agenerate(self, prompt_input: PromptInput, use_template: bool, config: GGROConfig) -> GGROResult:
+        # The decoding runs in a worker thread; each nudge is dispatched on the loop as it comes.
+        *_, result = [r async for r in self._astream(prompt_input, use_template, config, _result_of)]
+        assert result is not None
+        return result
 
-    def _dispatch_nudge(self, nudge: NudgeEvent, span_id: str | None) -> None:
-        dispatcher.event(GGRONudgeEvent(nudge=nudge, model_name=self.model_name, span_id=span_id))
+    def _stream(
+        self, prompt_input: PromptInput, use_template: bool, config: GGROConfig, respond: _Respond[_R]
+    ) -> Generator[_R, None, None]:
+        """``respond(text so far, chunk)`` per streamed chunk; the last chunk has the result and the last
+        segment's text (held back so that the chunk with text also carries the usage). Bad input raises here,
+        before any iteration."""
+        send = self._nudge_sender(active_span_id.get())
+        stream = self.decoder.stream([prompt_input], config=config, chat_template=use_template)
 
-    async def _agenerate(
-        self, prompt_input: PromptInput, use_template: bool, config: GGROConfig, span_id: str | None
-    ) -> GGROResult:
-        await self.aload()
+        def gen() -> Generator[_R, None, None]:
+            text = ""
+            with closing(stream_chunks(stream, on_nudge=send, hold_last=True)) as chunks:
+                for chunk in chunks:
+                    text += chunk.text
+                    yield respond(text, chunk)
+
+        return gen()
+
+    def _astream(
+        self, prompt_input: PromptInput, use_template: bool, config: GGROConfig, respond: _Respond[_R]
+    ) -> AsyncGenerator[_R, None]:
+        """Async :meth:`_stream`, once the models are loaded (:meth:`aload`): the prompt needs the tokenizer."""
+        send = self._nudge_sender(active_span_id.get())
         run = self.decoder.astream([prompt_input], config=config, chat_template=use_template)
-        async for event in run:  # the decoding runs in a worker thread; events arrive on the loop
+
+        async def gen() -> AsyncGenerator[_R, None]:
+            text = ""
+            async with aclosing(astream_chunks(run, on_nudge=send, hold_last=True)) as chunks:
+                async for chunk in chunks:
+                    text += chunk.text
+                    yield respond(text, chunk)
+
+        return gen()
+
+    def _nudge_sender(self, span_id: str | None) -> Listener:
+        """A listener that dispatches each nudge as a :class:`GGRONudgeEvent` of the call ``span_id``."""
+
+        def send(event: GGROEvent) -> None:
             if event.kind == "nudge":
-                self._dispatch_nudge(event, span_id)
-        assert run.results is not None
-        return run.results[0]
+                dispatcher.event(GGRONudgeEvent(nudge=event, model_name=self.model_name, span_id=span_id))
 
-    def _chunks(
-        self, stream: Generator[GGROEvent, None, list[GGROResult]], span_id: str | None
-    ) -> Generator[tuple[str, str, list[NudgeEvent], GGROResult | None], None, None]:
-        """(cumulative text, delta, nudges since the last chunk, result on the last chunk) per accepted segment.
-        The last segment's chunk waits for the result (it is ready by then) so that it carries the usage."""
-        text, held, nudges = "", "", []
-        run = Decoding(stream)
-        try:
-            for event in run:
-                if event.kind == "nudge":
-                    self._dispatch_nudge(event, span_id)
-                    nudges.append(event)
-                    continue
-                text += event.text
-                if event.finished:
-                    held += event.text
-                elif event.text:
-                    yield text, event.text, nudges, None
-                    nudges = []
-        finally:
-            run.close()
-        assert run.results is not None
-        yield text, held, nudges, run.results[0]
-
-    async def _achunks(
-        self,
-        events: AsyncIterator[GGROEvent],
-        results: Callable[[], list[GGROResult] | None],
-        span_id: str | None,
-    ) -> AsyncGenerator[tuple[str, str, list[NudgeEvent], GGROResult | None], None]:
-        """Async :meth:`_chunks` over an ``AsyncDecoding``'s iterator (``results()`` gives its results)."""
-        text, held, nudges = "", "", []
-        try:
-            async for event in events:
-                if event.kind == "nudge":
-                    self._dispatch_nudge(event, span_id)
-                    nudges.append(event)
-                    continue
-                text += event.text
-                if event.finished:
-                    held += event.text
-                elif event.text:
-                    yield text, event.text, nudges, None
-                    nudges = []
-        finally:
-            # Leaving early (break, error, cancellation) stops the worker thread at its next event.
-            aclose = getattr(events, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        final = results()
-        assert final is not None  # the iteration ended normally, so the run has its results
-        yield text, held, nudges, final[0]
+        return send
 
     # ------------------------------------------------------------------ responses
     def _raw(self, result: GGROResult | None) -> dict[str, Any] | None:
@@ -436,19 +292,32 @@ class GGRO(GGROOptions, CustomLLM):
         return {
             "model": self.model_name,
             "finish_reason": result.finish_reason,
-            "usage": _usage(result),
+            "usage": token_usage(result),
             "ggro": result.summary(),
             "nudges": [n.model_dump(mode="json") for n in result.nudges],
             "result": result,  # the whole ggro.GGROResult: token ids, segments, candidate rewards, timing
         }
 
     def _info(self, result: GGROResult) -> dict[str, Any]:
-        return {"finish_reason": result.finish_reason, **_usage(result), "ggro": result.summary()}
+        return {"finish_reason": result.finish_reason, **token_usage(result), "ggro": result.summary()}
 
-    def _chunk_info(self, nudges: list[NudgeEvent], result: GGROResult | None) -> dict[str, Any]:
-        info: dict[str, Any] = self._info(result) if result is not None else {}
-        if nudges:
-            info[NUDGES_KEY] = [n.model_dump(mode="json") for n in nudges]
+    def _completion_chunk(self, text: str, chunk: StreamChunk) -> CompletionResponse:
+        return CompletionResponse(
+            text=text, delta=chunk.text, raw=self._raw(chunk.result), additional_kwargs=self._chunk_info(chunk)
+        )
+
+    def _chat_chunk(self, text: str, chunk: StreamChunk) -> ChatResponse:
+        return ChatResponse(
+            message=_assistant(text),
+            delta=chunk.text,
+            raw=self._raw(chunk.result),
+            additional_kwargs=self._chunk_info(chunk),
+        )
+
+    def _chunk_info(self, chunk: StreamChunk) -> dict[str, Any]:
+        info: dict[str, Any] = self._info(chunk.result) if chunk.result is not None else {}
+        if chunk.nudges:
+            info[NUDGES_KEY] = [n.model_dump(mode="json") for n in chunk.nudges]
         return info
 
 
@@ -456,9 +325,5 @@ def _assistant(text: str) -> ChatMessage:
     return ChatMessage(role=MessageRole.ASSISTANT, content=text)
 
 
-def _usage(result: GGROResult) -> dict[str, int]:
-    return {
-        "prompt_tokens": result.usage.prompt_tokens,
-        "completion_tokens": result.usage.completion_tokens,
-        "total_tokens": result.usage.total_tokens,
-    }
+def _result_of(text: str, chunk: StreamChunk) -> GGROResult | None:
+    return chunk.result
