@@ -41,7 +41,7 @@ HANG_SECONDS = 120.0  # one example takes well under a second; generous for a lo
 # The decoder's own defaults: a call that sets no budget stays short.
 DECODER_CONFIG = GGROConfig(max_new_tokens=8, refinement_steps=3)
 # Names `generate` takes itself; an unknown option must not collide with them.
-GENERATE_PARAMETERS = frozenset({"prompts", "config", "listener", "chat_template"})
+GENERATE_PARAMETERS = frozenset({"prompts", "config", "listener", "chat_template", "tools", "constraint"})
 
 
 def examples(n: int) -> settings:

@@ -12,8 +12,10 @@ from .adapters import (
     token_usage,
 )
 from .config import GGROConfig, GGROOptions
+from .constraints import Constraint
 from .decoder import GGRODecoder, PromptInput
 from .events import GGROEvent, GGROResult, Listener, NudgeEvent, SegmentEvent, Timing, Usage
+from .prompting import count_prompt_tokens, template_supports_tools, truncate_messages
 from .rewards import (
     CallableReward,
     CompositeReward,
@@ -23,12 +25,25 @@ from .rewards import (
     RewardError,
     RewardModel,
 )
+from .structured import ChatCall, prepare_chat_call
+from .tools import (
+    InvalidToolCall,
+    ParsedResponse,
+    ToolCall,
+    ToolCallChunk,
+    ToolCallParser,
+    ToolCallStream,
+    normalize_tools,
+    parse_tool_calls,
+)
 
 __all__ = [
     "EMBEDDED_MODEL_NAME",
     "AsyncDecoding",
     "CallableReward",
+    "ChatCall",
     "CompositeReward",
+    "Constraint",
     "Decoding",
     "GGROAdapter",
     "GGROConfig",
@@ -37,21 +52,33 @@ __all__ = [
     "GGROOptions",
     "GGROResult",
     "HFRewardModel",
+    "InvalidToolCall",
     "LMJudgeReward",
     "Listener",
     "MeanPooledHeadReward",
     "NudgeEvent",
+    "ParsedResponse",
     "PromptInput",
     "RewardError",
     "RewardModel",
     "SegmentEvent",
     "StreamChunk",
     "Timing",
+    "ToolCall",
+    "ToolCallChunk",
+    "ToolCallParser",
+    "ToolCallStream",
     "Usage",
     "astream_chunks",
+    "count_prompt_tokens",
     "merge_config",
+    "normalize_tools",
+    "parse_tool_calls",
+    "prepare_chat_call",
     "shared_decoder",
     "stream_chunks",
+    "template_supports_tools",
     "token_usage",
+    "truncate_messages",
 ]
 __version__ = "0.1.0"

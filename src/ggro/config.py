@@ -121,6 +121,12 @@ class GGROOptions(BaseModel):
         "greedily without reward work, and reports it (the segment event's reward_error, the result's "
         "reward_error).",
     )
+    steer_structure: bool = Field(
+        default=False,
+        description="Under a constraint (tool calls, a JSON schema): False places nudges only in plain text and "
+        "free-text string values, never on JSON syntax, keys, tool names, enum values, numbers or booleans; True "
+        "lets them land anywhere the grammar allows.",
+    )
     reward_timeout: float | None = Field(
         default=None,
         gt=0.0,

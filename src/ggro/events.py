@@ -38,6 +38,11 @@ class NudgeEvent(_Frozen):
     refinements_used: int = Field(description="Candidates evaluated in this segment, the draft included.")
     kept_refinement: int
     kept: bool
+    landed_in: Literal["text", "value"] = Field(
+        default="text",
+        description="Where the nudge landed: plain text, or a free-text string value of a structured output "
+        "(a tool call's argument, a JSON field).",
+    )
 
 
 class SegmentEvent(_Frozen):
@@ -96,6 +101,10 @@ class Usage(_Frozen):
 class Timing(_Frozen):
     seconds: float = Field(description="Wall-clock seconds of the decode (batch-wide for batched calls).")
     first_segment_seconds: float | None = Field(description="Seconds until the first segment was accepted.")
+    constraint_seconds: float | None = Field(
+        default=None,
+        description="Seconds spent in the grammar (masks, keeping the structure closable) under a constraint.",
+    )
 
 
 class GGROResult(_Frozen):

@@ -1,4 +1,12 @@
-"""Load policies and rewards by id/path, or the embedded defaults when none is named."""
+"""Load policies and rewards by name, id or path, or the embedded defaults when none is named.
+
+:func:`load_policy` (from :mod:`ggro.assets`): an embedded policy by name, or any causal LM by hub id or path.
+
+A reward whose tokenizer has another vocabulary than the policy's (the embedded SmolLM2 harm reward under
+Qwen2.5-Coder, any RM under a user's policy of another family) is read through
+:class:`~ggro.rewards.bridge.TokenizerBridgeReward` (:func:`~ggro.rewards.bridge.make_reward`); with the same
+vocabulary it reads the policy's ids directly (the exact path).
+"""
 
 from __future__ import annotations
 
@@ -6,14 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from .assets import DEFAULT_POLICY, embedded_policy_name, load_policy
 from .rewards.base import RewardModel
+from .rewards.bridge import make_reward
 from .rewards.hf import HFRewardModel
 
 __all__ = [
     "DEFAULT_REWARD",
     "REFERENCE_REWARD",
+    "is_default_policy",
     "load_default_reward",
     "load_policy",
     "load_reward",
@@ -30,35 +41,15 @@ reference preset, ``ggro reference-check`` and ``ggro bench`` use it to match th
 _ASSISTANT_HEADER = "<|im_start|>assistant\n"
 
 
-def load_policy(
-    policy: str | Path | None = None,
-    *,
-    dtype: torch.dtype = torch.float32,
-    device: str | torch.device = "cpu",
-    attn_implementation: str | None = None,
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A causal LM and its tokenizer: by hub id or local path, or the embedded SmolLM2-135M-Instruct."""
-    if policy is None:
-        from .assets import load_default_policy
-
-        return load_default_policy(dtype=dtype, device=device, attn_implementation=attn_implementation)
-    tokenizer = AutoTokenizer.from_pretrained(str(policy))
-    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    model: Any = AutoModelForCausalLM.from_pretrained(str(policy), dtype=dtype, **extra)
-    model = model.to(device).eval()
-    if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+def is_default_policy(policy: str | Path | None) -> bool:
+    """Whether ``policy`` names the embedded default policy (None or ``"smollm2-135m-instruct"``), whose
+    transformer the embedded reward shares."""
+    return embedded_policy_name(policy) == DEFAULT_POLICY.name
 
 
-def load_default_reward(
-    *,
-    backbone_of: PreTrainedModel | None = None,
-    dtype: torch.dtype = torch.float32,
-    device: str | torch.device = "cpu",
-) -> RewardModel:
-    """The embedded trained reward. ``backbone_of``: the embedded policy, whose transformer the reward then
-    shares (one copy of the weights in memory) instead of loading its own."""
+def _default_reward(
+    backbone_of: PreTrainedModel | None, dtype: torch.dtype, device: str | torch.device
+) -> tuple[RewardModel, PreTrainedTokenizerBase]:
     from transformers import AutoModel
 
     from .assets import default_policy_path
@@ -72,7 +63,7 @@ def load_default_reward(
     else:
         backbone = AutoModel.from_pretrained(str(path), dtype=dtype).to(device)
     head = load_head(GUIDANCE_HEAD_NAME)
-    return MeanPooledHeadReward(
+    reward = MeanPooledHeadReward(
         backbone,
         head.weight,
         head.bias,
@@ -80,23 +71,55 @@ def load_default_reward(
         excluded_ids=[tokenizer.eos_token_id],
         name="smollm2-135m harm head (trained on pyrit human harm scores)",
     )
+    return reward, tokenizer
+
+
+def load_default_reward(
+    *,
+    backbone_of: PreTrainedModel | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> RewardModel:
+    """The embedded trained reward (on SmolLM2's vocabulary). ``backbone_of``: the embedded default policy,
+    whose transformer the reward then shares (one copy of the weights in memory) instead of loading its own."""
+    return _default_reward(backbone_of, dtype, device)[0]
+
+
+def _reward_tokenizer(reward: str | Path) -> PreTrainedTokenizerBase | None:
+    """The tokenizer saved with a reward model, or None when it has none (the vocabulary check then decides)."""
+    try:
+        tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(str(reward))
+    except (OSError, ValueError, TypeError):
+        return None
+    return tokenizer
 
 
 def load_reward(
     reward: str | Path | None = None,
     *,
     backbone_of: PreTrainedModel | None = None,
+    policy_tokenizer: PreTrainedTokenizerBase | None = None,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
 ) -> RewardModel:
     """A reward by name: None or ``"smollm2-harm-head"`` (the embedded trained reward), ``"reference-head"``
-    (the reference fixtures' untrained one), or the hub id / local path of a sequence-classification RM."""
+    (the reference fixtures' untrained one), or the hub id / local path of a sequence-classification RM.
+
+    ``policy_tokenizer``: the policy's tokenizer. When the reward's tokenizer has another vocabulary, the
+    reward comes wrapped in a :class:`~ggro.rewards.bridge.TokenizerBridgeReward` that reads the policy's ids
+    through text; with the same vocabulary (or without ``policy_tokenizer``) it is returned as is."""
+    rm: RewardModel
+    rm_tokenizer: PreTrainedTokenizerBase | None
     if reward is None or str(reward) == DEFAULT_REWARD:
-        return load_default_reward(backbone_of=backbone_of, dtype=dtype, device=device)
-    if str(reward) == REFERENCE_REWARD:
+        rm, rm_tokenizer = _default_reward(backbone_of, dtype, device)
+    elif str(reward) == REFERENCE_REWARD:
         from .assets import load_reference_reward_model
 
-        model, _ = load_reference_reward_model(dtype=dtype, device=device)
-        return HFRewardModel(model, name="smollm2-135m + seeded random head (reference fixtures' RM, untrained)")
-    return HFRewardModel.from_pretrained(reward, dtype=dtype, device=device)
-
+        model, rm_tokenizer = load_reference_reward_model(dtype=dtype, device=device)
+        rm = HFRewardModel(model, name="smollm2-135m + seeded random head (reference fixtures' RM, untrained)")
+    else:
+        rm = HFRewardModel.from_pretrained(reward, dtype=dtype, device=device)
+        rm_tokenizer = _reward_tokenizer(reward) if policy_tokenizer is not None else None
+    if policy_tokenizer is None or rm_tokenizer is None:
+        return rm
+    return make_reward(rm, rm_tokenizer, policy_tokenizer)

@@ -16,13 +16,24 @@ import torch
 
 from ._batch import FeedRequest, Rollback
 from .config import GGROConfig
+from .constraints import ConstraintState, GrammarVocabulary
 from .detokenize import Detokenizer
 from .nudging import NudgeProposal, choose_nudge, propose_nudge
 from .rewards.base import RewardError, RewardModel, RewardSession, SegmentScore
 from .rewards.guard import RewardGuard
 from .segments import token_entropy
+from .structure import Position
 
-__all__ = ["Candidate", "DecoderParts", "EndReason", "Refinement", "SegmentPlan", "SegmentRefiner", "finite"]
+__all__ = [
+    "Candidate",
+    "DecoderParts",
+    "EndReason",
+    "Refinement",
+    "SegmentPlan",
+    "SegmentRefiner",
+    "allowed_entropy",
+    "finite",
+]
 
 EndReason = Literal["entropy", "eos", "length", "stop_sequence"]
 _MAX_SPECULATION = 16
@@ -38,6 +49,8 @@ class DecoderParts:
     eos_token_ids: frozenset[int]
     text: Detokenizer
     context_window: int | None
+    grammar: GrammarVocabulary | None = None
+    """The grammar engine's view of the tokenizer; built by the decoder for a constrained call."""
 
 
 @dataclass
@@ -63,6 +76,8 @@ class SegmentPlan:
     candidates: list[Candidate] = field(default_factory=list)
     cached: list[int] = field(default_factory=list)
     """Tokens after ``start`` that the policy cache holds (those of the last generated candidate)."""
+    region: Position | None = None
+    """Under a constraint, where the insertion position lies (text or a free-text value), once checked."""
 
 
 class Refinement(NamedTuple):
@@ -89,8 +104,12 @@ class SegmentRefiner:
         session: RewardSession,
         generator: torch.Generator | None,
         guard: RewardGuard,
+        response_start: int = 0,
+        constraint: ConstraintState | None = None,
     ) -> None:
         self.parts = parts
+        self.response_start = response_start
+        self.constraint = constraint
         self.reward = parts.reward
         self.cfg = cfg
         self.budget_end = budget_end
@@ -123,6 +142,8 @@ class SegmentRefiner:
                 # Too short to nudge before the last step: the release regenerates this same draft, then stops
                 # on repeat.
                 return Refinement(best_index, stopped_on_repeat=len(cand.tokens) <= plan.offset and r < steps - 1)
+            if not self._steerable_insertion(plan, ids, cand):
+                return Refinement(best_index)  # structure there: no nudge may land on it
             cand.proposal = self._propose(plan, ids, cand, score)
             if cand.proposal is None:
                 return Refinement(best_index, fallback=True)
@@ -130,6 +151,20 @@ class SegmentRefiner:
                 return Refinement(best_index, stopped_on_repeat=True)  # forcing it reproduces this candidate
             forced = cand.proposal.token_id
         return Refinement(best_index)
+
+    def _steerable_insertion(self, plan: SegmentPlan, ids: list[int], cand: Candidate) -> bool:
+        """Whether a nudge may go at the insertion position (always, unless a constraint's structure is there
+        and ``steer_structure`` is off); records where it lies on the plan."""
+        if self.constraint is None or self.cfg.steer_structure:
+            return True
+        if plan.region is None:
+            prefix = [*ids[self.response_start :], *cand.tokens[: plan.offset]]
+            region = self.constraint.steerable(prefix)
+            # The draft's own token must belong there too: replacing a call's opening tag or a string's
+            # closing quote with text would land the nudge on structure.
+            if region is not None and self.constraint.stays_in_region(prefix, region, cand.tokens[plan.offset]):
+                plan.region = region
+        return plan.region is not None
 
     def _score(self, cand: Candidate, ids: list[int], grad_at: int | None) -> SegmentScore | None:
         """The candidate's reward (and gradient at ``grad_at``), recorded on it; None when it is unusable."""
@@ -153,6 +188,8 @@ class SegmentRefiner:
         assert plan.insertion_logits is not None
         top_k = torch.topk(plan.insertion_logits, min(cfg.nudge_top_k, plan.insertion_logits.shape[-1])).indices
         current = cand.tokens[plan.offset]
+        if self.constraint is not None:
+            top_k = self._grammar_candidates(plan, ids, cand, top_k)
         if self.reward.differentiable:
             if score.gradient is None:
                 raise RewardError(f"reward model {self.reward.name!r} returned no gradient for a finite reward")
@@ -185,6 +222,20 @@ class SegmentRefiner:
             generator=self.generator,
         )
 
+    def _grammar_candidates(
+        self, plan: SegmentPlan, ids: list[int], cand: Candidate, top_k: torch.Tensor
+    ) -> torch.Tensor:
+        """The top-k the grammar allows at the insertion position (its logits are masked there) and, unless
+        ``steer_structure``, that keep the response in the same text run or string value."""
+        assert plan.insertion_logits is not None and self.constraint is not None
+        current = cand.tokens[plan.offset]
+        allowed = [int(v) for v in top_k.tolist() if torch.isfinite(plan.insertion_logits[v]) or v == current]
+        if plan.region is not None and not self.cfg.steer_structure:
+            prefix = [*ids[self.response_start :], *cand.tokens[: plan.offset]]
+            region = plan.region
+            allowed = [v for v in allowed if v == current or self.constraint.stays_in_region(prefix, region, v)]
+        return torch.tensor(allowed, dtype=top_k.dtype)
+
     def _candidate(
         self, plan: SegmentPlan, ids: list[int], forced: int | None
     ) -> Generator[FeedRequest | Rollback, torch.Tensor | None, Candidate]:
@@ -201,7 +252,7 @@ class SegmentRefiner:
         previous = plan.candidates
         tail_text_ids = ids[-8:]
         while True:
-            tok, end, entropy = self._decide(plan, gen, logits, forced)
+            tok, end, entropy = self._decide(plan, ids, gen, logits, forced)
             if end == "entropy":
                 return Candidate(gen, "entropy", logits, entropy, forced)
             gen.append(tok)
@@ -215,7 +266,7 @@ class SegmentRefiner:
             logits = out[0]
             accepted = 0
             while accepted < len(draft):
-                nxt, nxt_end, _ = self._decide(plan, gen, logits, forced)
+                nxt, nxt_end, _ = self._decide(plan, ids, gen, logits, forced)
                 if nxt_end is not None or nxt != draft[accepted]:
                     break
                 gen.append(nxt)
@@ -229,23 +280,40 @@ class SegmentRefiner:
                 return Candidate(gen, "stop_sequence", None, None, forced)
 
     def _decide(
-        self, plan: SegmentPlan, gen: list[int], logits: torch.Tensor, forced: int | None
+        self, plan: SegmentPlan, ids: list[int], gen: list[int], logits: torch.Tensor, forced: int | None
     ) -> tuple[int, EndReason | None, float | None]:
-        """The next token and whether it ends the candidate (the release's order: EOS, budget, entropy)."""
+        """The next token and whether it ends the candidate (the release's order: EOS, budget, entropy).
+        Under a constraint the logits are masked first, and near the budget's end the token is the next one
+        of the structure's closing; a segment then never ends on structure it may not steer."""
         cfg = self.cfg
         n = len(gen)
+        constraint = self.constraint
+        closing = False
+        if constraint is not None:
+            constraint.sync([*ids[self.response_start :], *gen])
+            logits = constraint.mask(logits)
         if n == plan.offset and plan.insertion_logits is None and forced is None:
             plan.insertion_logits = logits
         tok = forced if (forced is not None and n == plan.offset) else int(torch.argmax(logits))
+        if constraint is not None:
+            chosen = constraint.within_budget(tok, self.budget_end - (plan.start + n))
+            closing, tok = chosen != tok, chosen
         if tok in self.parts.eos_token_ids:
             return tok, "eos", None
         if plan.start + n + 1 >= self.budget_end:
             return tok, "length", None
-        if n + 1 >= cfg.min_segment_tokens:
-            entropy = token_entropy(logits, cfg.entropy_probability_floor)
-            if entropy >= cfg.entropy_threshold:
+        if n + 1 >= cfg.min_segment_tokens and not closing:
+            floor = cfg.entropy_probability_floor
+            entropy = token_entropy(logits, floor) if constraint is None else allowed_entropy(logits, floor)
+            if entropy >= cfg.entropy_threshold and self._may_end_segment(ids, gen):
                 return tok, "entropy", entropy
         return tok, None, None
+
+    def _may_end_segment(self, ids: list[int], gen: list[int]) -> bool:
+        """A segment ends on high entropy only where its successor may nudge (always, unconstrained)."""
+        if self.constraint is None or self.cfg.steer_structure:
+            return True
+        return self.constraint.steerable([*ids[self.response_start :], *gen]) is not None
 
 
 def _speculation(gen: list[int], previous: list[Candidate], plan: SegmentPlan, budget_end: int) -> list[int]:
@@ -266,6 +334,15 @@ def _speculation(gen: list[int], previous: list[Candidate], plan: SegmentPlan, b
                     return toks[j + 1 : j + 1 + limit]
     aligned = previous[-1].tokens[len(gen) : len(gen) + min(limit, _MAX_ALIGNED_SPECULATION)]
     return aligned
+
+
+def allowed_entropy(logits: torch.Tensor, probability_floor: float) -> float:
+    """Entropy of the next-token distribution over the tokens a constraint allows (its masked logits are
+    -inf); without a mask, :func:`~ggro.segments.token_entropy` itself."""
+    allowed = torch.isfinite(logits)
+    if bool(allowed.all()):
+        return token_entropy(logits, probability_floor)
+    return token_entropy(logits[allowed], probability_floor)
 
 
 def finite(x: float) -> bool:

@@ -16,13 +16,14 @@ import torch
 
 from ._batch import FeedRequest, Rollback
 from .config import GGROConfig
+from .constraints import Constraint
 from .detokenize import StreamedText
 from .events import GGROEvent, GGROResult, NudgeEvent, SegmentEvent, Timing, Usage
-from .refinement import Candidate, DecoderParts, Refinement, SegmentPlan, SegmentRefiner, finite
+from .refinement import Candidate, DecoderParts, Refinement, SegmentPlan, SegmentRefiner, allowed_entropy, finite
 from .rewards.base import RewardContext
 from .rewards.guard import RewardGuard
 from .scheduler import PassCount, SequenceCoroutine
-from .segments import common_prefix_length, token_entropy
+from .segments import common_prefix_length
 
 __all__ = ["run_sequence"]
 
@@ -48,9 +49,11 @@ def run_sequence(
     emit: Callable[[GGROEvent], None],
     count: PassCount,
     started: float,
+    constraint: Constraint | None = None,
 ) -> SequenceCoroutine[GGROResult]:
-    """Decode prompt ``index`` of a call; ``count`` is filled by the scheduler, ``started`` is the call's start."""
-    seq = _Sequence(parts, index, prompt_ids, context, cfg, started)
+    """Decode prompt ``index`` of a call; ``count`` is filled by the scheduler, ``started`` is the call's start;
+    ``constraint``: the grammar the response must follow."""
+    seq = _Sequence(parts, index, prompt_ids, context, cfg, started, constraint)
     next_logits = yield from seq.open()
     while True:
         plan = SegmentPlan(start=len(seq.ids), offset=seq.next_offset(), start_logits=next_logits)
@@ -79,6 +82,7 @@ class _Sequence:
         context: RewardContext,
         cfg: GGROConfig,
         started: float,
+        constraint: Constraint | None = None,
     ) -> None:
         self.parts = parts
         self.index = index
@@ -92,7 +96,14 @@ class _Sequence:
         self.budget_end = self.response_start + cfg.max_new_tokens
         if parts.context_window is not None:
             self.budget_end = min(self.budget_end, parts.context_window)
-        self.refiner = SegmentRefiner(parts, cfg, self.budget_end, self.session, generator, self.guard)
+        grammar = None
+        if constraint is not None:
+            assert parts.grammar is not None, "a constrained call needs the decoder's grammar vocabulary"
+            grammar = constraint.start(parts.grammar)
+        self.constraint = grammar
+        self.refiner = SegmentRefiner(
+            parts, cfg, self.budget_end, self.session, generator, self.guard, self.response_start, grammar
+        )
         self.ids = list(prompt_ids)
         self.segments: list[SegmentEvent] = []
         self.nudges: list[NudgeEvent] = []
@@ -209,7 +220,7 @@ class _Sequence:
             sequence_index=self.index,
             segment_index=len(self.segments),
             insertion_position=plan.start - self.response_start + plan.offset,
-            entropy=token_entropy(plan.insertion_logits, self.cfg.entropy_probability_floor),
+            entropy=allowed_entropy(plan.insertion_logits, self.cfg.entropy_probability_floor),
             draft_token_id=draft_tok,
             draft_token=self.parts.text.decode([draft_tok]),
             nudge_token_id=nudge_tok,
@@ -219,6 +230,7 @@ class _Sequence:
             refinements_used=len(plan.candidates),
             kept_refinement=kept_index,
             kept=kept_index > 0,
+            landed_in="value" if plan.region is not None and plan.region.kind == "value" else "text",
         )
 
     # ------------------------------------------------------------------ the end
@@ -261,7 +273,11 @@ class _Sequence:
                 reward_calls=self.session.calls,
                 reward_tokens_processed=self.session.tokens_processed,
             ),
-            timing=Timing(seconds=time.perf_counter() - self.started, first_segment_seconds=self.first_segment_time),
+            timing=Timing(
+                seconds=time.perf_counter() - self.started,
+                first_segment_seconds=self.first_segment_time,
+                constraint_seconds=self.constraint.seconds if self.constraint is not None else None,
+            ),
             reward_error=str(self.guard.error) if self.guard.error is not None else None,
         )
 
