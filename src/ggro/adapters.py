@@ -22,12 +22,15 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import torch
-from pydantic import AliasChoices, Field, PrivateAttr, model_validator
+from pydantic import AliasChoices, Field, PrivateAttr, field_serializer, model_validator
 
 from ._aio import AsyncDecoding, Decoding
 from .config import GGROConfig, GGROOptions, merge_config
 from .decoder import GGRODecoder
 from .events import GGROEvent, GGROResult, NudgeEvent
+from .prompting import PromptInput
+from .structured import ChatCall, prepare_chat_call
+from .tools import ParsedResponse
 
 __all__ = [
     "CUSTOM_MODEL_NAME",
@@ -177,7 +180,38 @@ class GGROAdapter(GGROOptions):
         "`device`.",
     )
 
+    tool_call_parser: Literal["hermes", "llama3_json"] | Callable[[str], ParsedResponse] = Field(
+        default="hermes",
+        description="How tool calls are written and read back: 'hermes' (<tool_call>{...}</tool_call>, Qwen2.5 and "
+        "most fine-tunes; a bare call JSON is accepted too), 'llama3_json' (Llama 3.x), or a function from the "
+        "response text to a ggro.ParsedResponse (its calls are still checked; the grammar is hermes').",
+    )
+    parallel_tool_calls: bool = Field(
+        default=False,
+        description="Allow several tool calls in one response. Off by default: small models repeat one call "
+        "several times; an agent calls again on its next step.",
+    )
+    answer_instead_of_repeating: bool = Field(
+        default=True,
+        description="When a response would only repeat tool calls that already have results (small models do, "
+        "and their agent loops never end), decode it again asked for the answer and constrained to plain text.",
+    )
+    describe_tool_results: bool = Field(
+        default=True,
+        description="Show a tool result to the model as `multiply(a=17, b=23) returned 391` rather than a bare "
+        "`391` (which small models read as a new input and feed to the tool again).",
+    )
+    truncate_prompt: bool = Field(
+        default=False,
+        description="When a chat does not fit the context window, drop its oldest messages (system messages and "
+        "the last user message kept; a tool-call turn with its results) instead of failing.",
+    )
+
     _decoder: GGRODecoder | None = PrivateAttr(default=None)
+
+    @field_serializer("tool_call_parser", when_used="json")
+    def _parser_name(self, parser: Any) -> str:
+        return parser if isinstance(parser, str) else str(getattr(parser, "__qualname__", "custom"))
 
     @classmethod
     def field(cls, name: str, **changes: Any) -> Any:
@@ -268,6 +302,31 @@ class GGROAdapter(GGROOptions):
         ``max_tokens`` for ``max_new_tokens``), and ``stop`` added to ``stop_sequences`` (see
         :func:`merge_config`)."""
         return merge_config(self, overrides, stop=stop, owner=type(self).__name__)
+
+    def chat_call(
+        self,
+        decoder: GGRODecoder,
+        messages: PromptInput,
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        tool_choice: Any = None,
+        response_format: Any = None,
+        truncate: bool | None = None,
+    ) -> ChatCall:
+        """One chat call with these fields' tool options (see :func:`ggro.prepare_chat_call`); ``truncate``
+        overrides ``truncate_prompt``."""
+        return prepare_chat_call(
+            decoder,
+            messages,
+            tools=tools,
+            tool_choice=tool_choice,
+            response_format=response_format,
+            tool_call_parser=self.tool_call_parser,
+            truncate=self.truncate_prompt if truncate is None else truncate,
+            answer_instead_of_repeating=self.answer_instead_of_repeating,
+            parallel_tool_calls=self.parallel_tool_calls,
+            describe_tool_results=self.describe_tool_results,
+        )
 
 
 # ---------------------------------------------------------------------------------------------- streaming

@@ -210,12 +210,14 @@ class Constraint:
         tools: Sequence[Mapping[str, Any]],
         tool_choice: ToolChoice = "auto",
         tool_format: Literal["hermes", "llama3_json"] = "hermes",
+        *,
+        parallel: bool = True,
     ) -> Constraint | None:
         """Tool calls in ``tool_format`` whose names and arguments match ``tools`` (OpenAI tool dicts):
-        ``auto`` allows plain text instead, ``required``/``any`` forces at least one call, a tool's name forces
-        a call of that tool, ``none`` gives None (no constraint: the caller drops the tools). Hermes calls are
-        ``<tool_call>\\n{"name": ..., "arguments": ...}\\n</tool_call>`` blocks, or one bare JSON call (small
-        models often leave the tags out)."""
+        ``auto`` allows plain text instead, ``required``/``any`` forces a call, a tool's name forces a call of
+        that tool, ``none`` gives None (no constraint: the caller drops the tools); ``parallel``: several calls
+        may follow one another. Hermes calls are ``<tool_call>\\n{"name": ..., "arguments": ...}\\n</tool_call>``
+        blocks, or one bare JSON call (small models often leave the tags out)."""
         from .tools import normalize_tools
 
         if tool_format not in _CALL_SEPARATOR:
@@ -253,7 +255,7 @@ class Constraint:
         json_call = f"%json {json.dumps(call_schema, separators=(',', ':'))}"
         if tool_format == "hermes":
             rules = [
-                'calls: tagged ("\\n" tagged)* | bare',
+                'calls: tagged ("\\n" tagged)* | bare' if parallel else "calls: tagged | bare",
                 f'tagged: open_tag "\\n" {json_call} "\\n" close_tag',
                 f"bare: {json_call}",
                 *(f'{_tag_rule(tag)}: "{tag}"' for tag in _TAGS),
@@ -261,7 +263,7 @@ class Constraint:
             layout: Layout = HermesLayout(parameters, allow_text=tool_choice == "auto")
             text = r"TEXT: /[^{<\s][\s\S]*/"
         else:
-            rules = ['calls: call (";" call)*', f"call: {json_call}"]
+            rules = ['calls: call (";" call)*' if parallel else "calls: call", f"call: {json_call}"]
             layout = Llama3JsonLayout(parameters, allow_text=tool_choice == "auto")
             text = r"TEXT: /[^{\s][\s\S]*/"
         start = "start: calls | TEXT" if tool_choice == "auto" else "start: calls"

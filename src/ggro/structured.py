@@ -22,9 +22,19 @@ from .events import GGROEvent, GGROResult, Listener
 from .prompting import PromptInput, prompt_text
 from .tools import ParsedResponse, ToolCallParser, ToolCallStream, normalize_tools, parse_tool_calls
 
-__all__ = ["ChatCall", "normalize_tool_choice", "prepare_chat_call", "response_format_constraint"]
+__all__ = [
+    "ANSWER_INSTRUCTION",
+    "ChatCall",
+    "described_tool_results",
+    "normalize_tool_choice",
+    "prepare_chat_call",
+    "response_format_constraint",
+]
 
 ToolFormat = Literal["hermes", "llama3_json"]
+
+ANSWER_INSTRUCTION = "Using the tool results above, answer my question in plain words. Do not call a tool."
+"""What the model is told when its response would only repeat calls that already have results."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,9 @@ class ChatCall:
     """Calls in the conversation that already have a result, as (name, canonical JSON arguments)."""
     answer_instead_of_repeating: bool = True
     tool_format: ToolFormat = "hermes"
+    messages: PromptInput | None = None
+    """The conversation the prompt was rendered from (to ask for the answer instead of a repeated call)."""
+    truncate: bool = False
 
     def stream(
         self, decoder: GGRODecoder, config: GGROConfig, listener: Listener | None = None
@@ -50,7 +63,8 @@ class ChatCall:
 
         Small models often call a tool again with the same arguments after its result came back, so an agent
         loop never ends. When the response would only repeat answered calls (and
-        ``answer_instead_of_repeating``), it is decoded again constrained to plain text: the model answers. The
+        ``answer_instead_of_repeating``), it is decoded again, asked for the answer (:data:`ANSWER_INSTRUCTION`) and
+        constrained to plain text. The
         first attempt's events are then dropped (a listener has seen them), so after a tool result the events
         arrive once the response is known not to be a repeat."""
         run = decoder.stream_ids(
@@ -61,8 +75,14 @@ class ChatCall:
             return (yield from run)
         held: list[GGROEvent] = []
         results = _collect(run, held)
-        if self.repeats_answered(results[0].text):
-            answer = replace(self, constraint=Constraint.plain_text(self.tool_format), answered_calls=frozenset())
+        if self.repeats_answered(results[0].text) and isinstance(self.messages, list | tuple):
+            asked = [*self.messages, {"role": "user", "content": ANSWER_INSTRUCTION}]
+            answer = replace(
+                self,
+                prompt_ids=decoder.encode_prompt(asked, tools=self.tools, truncate=self.truncate),
+                constraint=Constraint.plain_text(self.tool_format),
+                answered_calls=frozenset(),
+            )
             return (yield from answer.stream(decoder, config, listener))
         yield from held
         return results
@@ -97,6 +117,8 @@ def prepare_chat_call(
     tool_call_parser: ToolCallParser = "hermes",
     truncate: bool = False,
     answer_instead_of_repeating: bool = True,
+    parallel_tool_calls: bool = False,
+    describe_tool_results: bool = True,
 ) -> ChatCall:
     """Prepare a chat call (bad tools, tool choices and formats fail here, naming the argument).
 
@@ -106,7 +128,11 @@ def prepare_chat_call(
     ``{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}`` or a bare JSON schema.
     ``tool_call_parser`` also picks the grammar's call format (``hermes`` for a callable parser).
     ``truncate``: cut the oldest messages (system messages and the last user message kept) when the prompt
-    does not fit the context window. ``answer_instead_of_repeating``: see :meth:`ChatCall.stream`."""
+    does not fit the context window. ``answer_instead_of_repeating``: see :meth:`ChatCall.stream`.
+    ``parallel_tool_calls``: allow several calls in one response (off: small models repeat one call several
+    times; agents call again on the next turn). ``describe_tool_results``: a tool result reaches the model as
+    ``multiply(a=17, b=23) returned 391`` rather than a bare ``391`` (which small models read as a new input
+    and feed to the tool again)."""
     tool_list = normalize_tools(tools) if tools else []
     choice = normalize_tool_choice(tool_choice, tool_list)
     if choice == "none":
@@ -115,9 +141,11 @@ def prepare_chat_call(
         raise ValueError("response_format: cannot be combined with tools; give one or the other")
     tool_format: ToolFormat = tool_call_parser if tool_call_parser in ("hermes", "llama3_json") else "hermes"
     if tool_list:
-        constraint = Constraint.for_tools(tool_list, choice, tool_format)
+        constraint = Constraint.for_tools(tool_list, choice, tool_format, parallel=parallel_tool_calls)
     else:
         constraint = response_format_constraint(response_format)
+    if describe_tool_results and not isinstance(messages, str):
+        messages = described_tool_results(messages)
     ids = decoder.encode_prompt(messages, tools=tool_list or None, truncate=truncate)
     return ChatCall(
         ids,
@@ -128,28 +156,66 @@ def prepare_chat_call(
         answered_calls=_answered_calls(messages),
         answer_instead_of_repeating=answer_instead_of_repeating,
         tool_format=tool_format,
+        messages=messages,
+        truncate=truncate,
     )
+
+
+def described_tool_results(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``messages`` with each tool result's content prefixed by the call it answers:
+    ``multiply(a=17, b=23) returned 391`` (results whose call is not found are left as they are)."""
+    calls = {call_id: (name, arguments) for call_id, name, arguments in _calls_in(messages) if call_id}
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        copy = dict(message)
+        call_id = copy.get("tool_call_id")
+        found = calls.get(call_id) if copy.get("role") == "tool" and isinstance(call_id, str) else None
+        if found is not None and isinstance(copy.get("content"), str):
+            name, arguments = found
+            shown = ", ".join(f"{k}={v!r}" for k, v in (arguments or {}).items())
+            copy["content"] = f"{name}({shown}) returned {copy['content']}"
+        out.append(copy)
+    return out
 
 
 def _answered_calls(messages: PromptInput) -> frozenset[tuple[str, str]]:
     """(name, canonical arguments) of every assistant tool call in ``messages`` that a tool message answers."""
     if isinstance(messages, str):
         return frozenset()
-    answered_ids = {m.get("tool_call_id") for m in messages if m.get("role") == "tool"}
-    calls: set[tuple[str, str]] = set()
+    answered = {m.get("tool_call_id") for m in messages if m.get("role") == "tool"}
+    if not answered:
+        return frozenset()
+    return frozenset(
+        (name, _canonical(arguments))
+        for call_id, name, arguments in _calls_in(messages)
+        if arguments is not None and (call_id is None or call_id in answered)
+    )
+
+
+def _calls_in(messages: Sequence[Mapping[str, Any]]) -> list[tuple[str | None, str, dict[str, Any] | None]]:
+    """(id, name, arguments or None when unreadable) of every assistant tool call in ``messages``."""
+    found: list[tuple[str | None, str, dict[str, Any] | None]] = []
     for message in messages:
         for call in message.get("tool_calls") or ():
-            function = call.get("function", call) if isinstance(call, Mapping) else {}
+            if not isinstance(call, Mapping):
+                continue
+            function = call.get("function", call)
             name, arguments = function.get("name"), function.get("arguments", function.get("args"))
             if isinstance(arguments, str):
                 try:
                     arguments = json.loads(arguments)
                 except ValueError:
-                    continue
-            call_id = call.get("id") if isinstance(call, Mapping) else None
-            if isinstance(name, str) and (call_id is None or call_id in answered_ids):
-                calls.add((name, _canonical(arguments)))
-    return frozenset(calls) if answered_ids else frozenset()
+                    arguments = None
+            if isinstance(name, str):
+                call_id = call.get("id")
+                found.append(
+                    (
+                        call_id if isinstance(call_id, str) else None,
+                        name,
+                        arguments if isinstance(arguments, dict) else None,
+                    )
+                )
+    return found
 
 
 def _canonical(arguments: Any) -> str:

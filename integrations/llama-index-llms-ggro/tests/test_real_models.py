@@ -1,5 +1,6 @@
 """The same paths on the real embedded default models (SmolLM2-135M-Instruct + the embedded harm reward):
-`GGRO()` with no model arguments. Slow (tens of seconds per call on a small CPU): run with ``-m slow``.
+`GGRO()` with no model arguments; and a `FunctionAgent` on the embedded tool-capable policy
+(qwen2.5-coder-0.5b-instruct). Slow (tens of seconds per call on a small CPU): run with ``-m slow``.
 
 What a 135M model writes is not asserted, only what must hold whatever it writes; each test prints what
 happened (run with ``-s`` to see it)."""
@@ -10,8 +11,10 @@ from typing import Any
 
 import pytest
 from llama_index.core.agent import ReActAgent
+from llama_index.core.agent.workflow import FunctionAgent
 from llama_index.core.llms import ChatMessage
 from llama_index.core.tools import FunctionTool
+from llama_index.core.workflow.errors import WorkflowRuntimeError
 from llama_index.llms.ggro import GGRO, GGRONudgeCollector
 
 from tests.conftest import EventRecorder, check_calls
@@ -88,3 +91,34 @@ async def test_real_react_agent(collector: GGRONudgeCollector, recorder: EventRe
     print(f"\n[real ReAct agent] answered {answer!r}; tool calls {calls}; per LLM call (finish, tried, kept): {turns}")
     for end in recorder.of("LLMChatEndEvent"):
         print(f"  LLM wrote: {end.response.message.content!r}")
+
+
+# Steered (3) too: structure-safe steering never turns the call's opening into text.
+@pytest.mark.parametrize("refinement_steps", [1, 3])
+async def test_real_function_agent_on_the_tool_capable_policy(
+    collector: GGRONudgeCollector, recorder: EventRecorder, refinement_steps: int
+) -> None:
+    calls: list[tuple[int, int]] = []
+
+    def multiply(a: int, b: int) -> int:
+        """Multiply two integers."""
+        calls.append((a, b))
+        return a * b
+
+    llm = GGRO(model_id="qwen2.5-coder-0.5b-instruct", max_new_tokens=64, refinement_steps=refinement_steps)
+    assert llm.metadata.is_function_calling_model is True  # its chat template takes tools
+    agent = FunctionAgent(tools=[FunctionTool.from_defaults(multiply)], llm=llm)
+    question = "What is 17 times 23? Use the multiply tool."
+    try:
+        output = await agent.run(user_msg=question, max_iterations=3)
+        answer = str(output.response.content)
+    except WorkflowRuntimeError as error:  # the model kept calling: the framework's limit, not a hang
+        assert "Max iterations of 3 reached" in str(error)
+        answer = f"(stopped: {error})"[:80]
+    assert calls and calls[0] == (17, 23), calls  # the grammar keeps the call valid; the model chose the numbers
+    starts = recorder.of("LLMChatStartEvent")
+    raws = check_calls(recorder, collector, "astream_chat", expected_calls=len(starts))
+    turns = [(r["finish_reason"], r["ggro"]["nudges_tried"], r["ggro"]["nudges_kept"]) for r in raws]
+    print(f"\n[real FunctionAgent] answered {answer!r}; tool calls {calls}; per call (finish, tried, kept): {turns}")
+    for end in recorder.of("LLMChatEndEvent"):
+        print(f"  LLM wrote: {end.response.raw['result'].text!r}")

@@ -603,4 +603,3 @@ class _EncoderSession(RewardSession):
         self.calls += 1
         self.tokens_processed += len(ids)
         return self.rm.score([ids])[0]
-
