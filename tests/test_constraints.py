@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from ggro import Constraint, GGROConfig, GGRODecoder, GGROResult
+from ggro.constraints import _closed
 from ggro.structure import JsonScanner, is_free_text, schema_at
 from ggro.testing import tiny_decoder
 from ggro.tools import parse_tool_calls
@@ -291,3 +292,26 @@ def test_constraint_with_retokenising_is_refused() -> None:
 
 def test_tool_choice_none_is_no_constraint() -> None:
     assert Constraint.for_tools(ONE_TOOL, "none") is None
+
+
+def test_objects_without_a_word_on_other_keys_are_closed() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "properties": {"type": "object", "properties": {"x": {"type": "integer"}}},  # a property so named
+            "tags": {"type": "array", "items": {"$ref": "#/$defs/Tag"}},
+            "extra": {"type": "object", "additionalProperties": True, "properties": {}},
+            "either": {"anyOf": [{"type": "object", "properties": {}}, {"type": "null"}]},
+            "default": {"type": "object", "default": {"properties": {}}},
+        },
+        "$defs": {"Tag": {"type": "object", "properties": {"name": {"type": "string"}}}},
+    }
+    closed = _closed(schema)
+    assert closed["additionalProperties"] is False and "additionalProperties" not in schema  # a copy
+    props = closed["properties"]
+    assert set(props) == set(schema["properties"])
+    assert props["properties"]["additionalProperties"] is False
+    assert props["extra"]["additionalProperties"] is True
+    assert props["either"]["anyOf"][0]["additionalProperties"] is False
+    assert props["default"] == schema["properties"]["default"]  # no properties listed: left as it is
+    assert closed["$defs"]["Tag"]["additionalProperties"] is False

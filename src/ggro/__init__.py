@@ -25,7 +25,7 @@ from .rewards import (
     RewardError,
     RewardModel,
 )
-from .structured import ChatCall, prepare_chat_call
+from .structured import ChatCall, normalize_tool_choice, prepare_chat_call
 from .tools import (
     InvalidToolCall,
     ParsedResponse,
@@ -72,6 +72,7 @@ __all__ = [
     "astream_chunks",
     "count_prompt_tokens",
     "merge_config",
+    "normalize_tool_choice",
     "normalize_tools",
     "parse_tool_calls",
     "prepare_chat_call",

@@ -312,16 +312,17 @@ class GGROAdapter(GGROOptions):
         tool_choice: Any = None,
         response_format: Any = None,
         truncate: bool | None = None,
+        tool_call_parser: Literal["hermes", "llama3_json"] | Callable[[str], ParsedResponse] | None = None,
     ) -> ChatCall:
-        """One chat call with these fields' tool options (see :func:`ggro.prepare_chat_call`); ``truncate``
-        overrides ``truncate_prompt``."""
+        """One chat call with these fields' tool options (see :func:`ggro.prepare_chat_call`); ``truncate`` and
+        ``tool_call_parser`` override the fields for this call."""
         return prepare_chat_call(
             decoder,
             messages,
             tools=tools,
             tool_choice=tool_choice,
             response_format=response_format,
-            tool_call_parser=self.tool_call_parser,
+            tool_call_parser=self.tool_call_parser if tool_call_parser is None else tool_call_parser,
             truncate=self.truncate_prompt if truncate is None else truncate,
             answer_instead_of_repeating=self.answer_instead_of_repeating,
             parallel_tool_calls=self.parallel_tool_calls,

@@ -296,27 +296,32 @@ def _tag_rule(tag: str) -> str:
     return "close_tag" if tag.startswith("</") else "open_tag"
 
 
-_SUBSCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")
-_SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
-_SUBSCHEMA_ONE = ("items", "additionalProperties", "not", "contains", "if", "then", "else")
+_SUBSCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties", "dependentSchemas")
+_SUBSCHEMA_ONE = ("items", "additionalItems", "contains", "not", "if", "then", "else", "propertyNames")
+_SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems", "items")
+_OPEN_KEYS = ("additionalProperties", "patternProperties", "unevaluatedProperties")
 
 
 def _closed(schema: Any) -> Any:
-    """``schema`` with every object that lists ``properties`` and says nothing of ``additionalProperties``
-    closed to them (as OpenAI's strict mode requires): generation never invents keys."""
+    """``schema`` (a copy) with every object that lists ``properties`` but says nothing about other keys closed
+    to those properties, as OpenAI's strict mode does: framework schemas (LangChain's, LlamaIndex's, pydantic's)
+    leave objects open, and the grammar would then let a model invent keys. An object that allows other keys
+    explicitly stays open."""
     if not isinstance(schema, dict):
         return schema
     out = dict(schema)
     for key in _SUBSCHEMA_MAPS:
         if isinstance(out.get(key), dict):
             out[key] = {name: _closed(sub) for name, sub in out[key].items()}
-    for key in _SUBSCHEMA_LISTS:
-        if isinstance(out.get(key), list):
-            out[key] = [_closed(sub) for sub in out[key]]
     for key in _SUBSCHEMA_ONE:
         if isinstance(out.get(key), dict):
             out[key] = _closed(out[key])
-    if isinstance(out.get("properties"), dict) and "additionalProperties" not in out:
+    for key in _SUBSCHEMA_LISTS:
+        if isinstance(out.get(key), list):
+            out[key] = [_closed(sub) for sub in out[key]]
+    if isinstance(out.get("additionalProperties"), dict):
+        out["additionalProperties"] = _closed(out["additionalProperties"])
+    if isinstance(out.get("properties"), dict) and not any(k in out for k in _OPEN_KEYS):
         out["additionalProperties"] = False
     return out
 

@@ -81,6 +81,14 @@ class GGROSettings(GGROAdapter):
             params["ls_stop"] = list(stops)
         return params
 
+    def get_token_ids(self, text: str) -> list[int]:
+        """The policy tokenizer's ids for ``text`` (no special tokens added); LangChain's ``get_num_tokens``
+        counts them. A ``custom_get_token_ids`` function, when set, is used instead."""
+        custom = getattr(self, "custom_get_token_ids", None)
+        if custom is not None:
+            return list(custom(text))
+        return list(self.decoder.tokenizer.encode(text, add_special_tokens=False))
+
     @property
     def _identifying_params(self) -> dict[str, Any]:
         config = self.ggro_config().model_dump()

@@ -38,13 +38,13 @@ def test_chat_batch_with_max_concurrency_4_runs_4_threads_and_keeps_runs_apart(
 ) -> None:
     chat = ChatGGRO.from_decoder(decoder, max_tokens=24, refinement_steps=3)
     threads: set[str] = set()
-    original = decoder.generate
+    original = decoder.stream_ids  # every chat call starts its decoding run here
 
-    def recording_generate(*args: Any, **kwargs: Any) -> Any:
+    def recording_stream_ids(*args: Any, **kwargs: Any) -> Any:
         threads.add(threading.current_thread().name)
         return original(*args, **kwargs)
 
-    object.__setattr__(decoder, "generate", recording_generate)
+    object.__setattr__(decoder, "stream_ids", recording_stream_ids)
     recorders = [RunRecorder() for _ in range(12)]
     calls = [PROMPTS[i % len(PROMPTS)] for i in range(12)]
     try:
@@ -53,7 +53,7 @@ def test_chat_batch_with_max_concurrency_4_runs_4_threads_and_keeps_runs_apart(
             config=[{"callbacks": [r], "max_concurrency": 4} for r in recorders],
         )
     finally:
-        object.__delattr__(decoder, "generate")
+        object.__delattr__(decoder, "stream_ids")
     assert len(threads) == 4  # ChatModel.batch runs invoke in a pool of max_concurrency threads
     assert [m.content for m in messages] == [sequential[p] for p in calls]
     for recorder in recorders:  # each handler saw one run: its own, with exactly its nudges

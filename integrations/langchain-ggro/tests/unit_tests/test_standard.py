@@ -25,3 +25,19 @@ class TestChatGGROUnit(ChatModelUnitTests):
         # A local model has no network timeout and nothing to retry: `timeout` and `max_retries` are not
         # fields (passing them is an error, like any unknown argument).
         return {"temperature": 0, "max_tokens": 100, "stop": []}
+
+    @property
+    def has_tool_calling(self) -> bool:
+        return True
+
+    @property
+    def has_tool_choice(self) -> bool:
+        return True
+
+    @property
+    def has_structured_output(self) -> bool:
+        return True
+
+    @property
+    def supports_json_mode(self) -> bool:
+        return True
