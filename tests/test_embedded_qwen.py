@@ -37,7 +37,7 @@ from ggro.assets import (
     embedded_policy_name,
 )
 from ggro.loading import is_default_policy, load_policy
-from ggro.testing import tiny_policy, tiny_tokenizer
+from ggro.testing import MULTIPLY_TOOL, tiny_policy, tiny_tokenizer
 
 QWEN = "qwen2.5-coder-0.5b-instruct"
 
@@ -396,18 +396,7 @@ def test_token_fixes_and_their_check() -> None:
 # the real model (slow: downloaded and converted once)
 # ------------------------------------------------------------------------------------------
 
-MULTIPLY = {
-    "type": "function",
-    "function": {
-        "name": "multiply",
-        "description": "Multiply two integers.",
-        "parameters": {
-            "type": "object",
-            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
-            "required": ["a", "b"],
-        },
-    },
-}
+MULTIPLY = MULTIPLY_TOOL
 
 
 @pytest.fixture(scope="module")

@@ -43,11 +43,7 @@ def _imports(path: Path, root: Path = SRC.parent) -> list[tuple[str, list[str], 
 
 
 def _library_modules() -> dict[str, Path]:
-    return {
-        _module_name(p): p
-        for p in SRC.rglob("*.py")
-        if not _module_name(p).startswith(("ggro.lab", "ggro.cli"))
-    }
+    return {_module_name(p): p for p in SRC.rglob("*.py") if not _module_name(p).startswith(("ggro.lab", "ggro.cli"))}
 
 
 def _ggro_targets(module: str, names: list[str], known: set[str]) -> set[str]:

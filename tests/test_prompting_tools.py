@@ -16,43 +16,10 @@ from ggro.prompting import (
     tool_system_prompt,
     truncate_messages,
 )
-from ggro.testing import tiny_tokenizer
+from ggro.testing import HERMES_CHAT_TEMPLATE, MULTIPLY_TOOL, tiny_tokenizer
 from ggro.tools import parse_tool_calls
 
-# A chat template modelled on Qwen2.5's Hermes one (written for this test): tools in the system turn inside
-# <tools></tools>, assistant tool calls as <tool_call> blocks (arguments through tojson: a dict is needed), tool
-# results as <tool_response> blocks of one user turn.
-HERMES_TEMPLATE = (
-    "{%- if tools %}"
-    "{{- '<|im_start|>system\\n' }}"
-    "{%- if messages[0].role == 'system' %}{{- messages[0].content + '\\n\\n' }}{%- endif %}"
-    "{{- '# Tools\\n<tools>' }}"
-    "{%- for tool in tools %}{{- '\\n' + (tool | tojson) }}{%- endfor %}"
-    '{{- \'\\n</tools>\\nCall a tool as <tool_call>\\n{"name": ..., "arguments": ...}\\n</tool_call><|im_end|>\\n\' }}'
-    "{%- elif messages[0].role == 'system' %}"
-    "{{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{%- for message in messages %}"
-    "{%- if message.role == 'system' and loop.first %}"
-    "{%- elif message.role == 'assistant' and message.tool_calls %}"
-    "{{- '<|im_start|>assistant' }}"
-    "{%- if message.content %}{{- '\\n' + message.content }}{%- endif %}"
-    "{%- for call in message.tool_calls %}"
-    "{%- set call = call.function if call.function is defined else call %}"
-    '{{- \'\\n<tool_call>\\n{"name": "\' + call.name + \'", "arguments": \' + (call.arguments | tojson) }}'
-    "{{- '}\\n</tool_call>' }}"
-    "{%- endfor %}"
-    "{{- '<|im_end|>\\n' }}"
-    "{%- elif message.role == 'tool' %}"
-    "{%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}{{- '<|im_start|>user' }}{%- endif %}"
-    "{{- '\\n<tool_response>\\n' + message.content + '\\n</tool_response>' }}"
-    "{%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}{{- '<|im_end|>\\n' }}{%- endif %}"
-    "{%- else %}"
-    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
+HERMES_TEMPLATE = HERMES_CHAT_TEMPLATE
 # ChatML that refuses roles other than system/user/assistant (as many templates do with raise_exception).
 STRICT_TEMPLATE = (
     "{% for message in messages %}{% if message['role'] not in ['system', 'user', 'assistant'] %}"
@@ -63,15 +30,7 @@ STRICT_TEMPLATE = (
 # ChatML without a system role (as Gemma's templates).
 NO_SYSTEM_TEMPLATE = STRICT_TEMPLATE.replace("['system', 'user', 'assistant']", "['user', 'assistant']")
 
-MULTIPLY = {
-    "name": "multiply",
-    "description": "Multiply two integers.",
-    "parameters": {
-        "type": "object",
-        "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
-        "required": ["a", "b"],
-    },
-}
+MULTIPLY = MULTIPLY_TOOL["function"]
 MULTIPLY_JSON = (
     '{"type": "function", "function": {"name": "multiply", "description": "Multiply two integers.", "parameters": '
     '{"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}}}'

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ggro.testing import MULTIPLY_TOOL
 from ggro.tools import (
     InvalidToolCall,
     ParsedResponse,
@@ -23,18 +24,7 @@ from ggro.tools import (
     parse_tool_calls,
 )
 
-MULTIPLY = {
-    "type": "function",
-    "function": {
-        "name": "multiply",
-        "description": "Multiply two integers.",
-        "parameters": {
-            "type": "object",
-            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
-            "required": ["a", "b"],
-        },
-    },
-}
+MULTIPLY = MULTIPLY_TOOL
 LOOKUP = {
     "name": "lookup",
     "description": "Look a word up.",

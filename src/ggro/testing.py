@@ -24,7 +24,16 @@ from .config import GGROConfig
 from .decoder import GGRODecoder
 from .rewards.hf import HFRewardModel
 
-__all__ = ["TINY_CHAT_TEMPLATE", "save_tiny_models", "tiny_decoder", "tiny_policy", "tiny_reward", "tiny_tokenizer"]
+__all__ = [
+    "HERMES_CHAT_TEMPLATE",
+    "MULTIPLY_TOOL",
+    "TINY_CHAT_TEMPLATE",
+    "save_tiny_models",
+    "tiny_decoder",
+    "tiny_policy",
+    "tiny_reward",
+    "tiny_tokenizer",
+]
 
 _SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
 _CHARS = ["\n", *(chr(c) for c in range(32, 127))]
@@ -33,6 +42,56 @@ TINY_CHAT_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
     "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
+
+
+# A chat template modelled on Qwen2.5's hermes one (written for tests): tools in the system turn inside
+# <tools></tools>, assistant tool calls as <tool_call> blocks (arguments through tojson: a dict is needed), tool
+# results as <tool_response> blocks of one user turn. Set it on the tiny tokenizer to test tool prompts.
+HERMES_CHAT_TEMPLATE = (
+    "{%- if tools %}"
+    "{{- '<|im_start|>system\\n' }}"
+    "{%- if messages[0].role == 'system' %}{{- messages[0].content + '\\n\\n' }}{%- endif %}"
+    "{{- '# Tools\\n<tools>' }}"
+    "{%- for tool in tools %}{{- '\\n' + (tool | tojson) }}{%- endfor %}"
+    '{{- \'\\n</tools>\\nCall a tool as <tool_call>\\n{"name": ..., "arguments": ...}\\n</tool_call><|im_end|>\\n\' }}'
+    "{%- elif messages[0].role == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message.role == 'system' and loop.first %}"
+    "{%- elif message.role == 'assistant' and message.tool_calls %}"
+    "{{- '<|im_start|>assistant' }}"
+    "{%- if message.content %}{{- '\\n' + message.content }}{%- endif %}"
+    "{%- for call in message.tool_calls %}"
+    "{%- set call = call.function if call.function is defined else call %}"
+    '{{- \'\\n<tool_call>\\n{"name": "\' + call.name + \'", "arguments": \' + (call.arguments | tojson) }}'
+    "{{- '}\\n</tool_call>' }}"
+    "{%- endfor %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- elif message.role == 'tool' %}"
+    "{%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}{{- '<|im_start|>user' }}{%- endif %}"
+    "{{- '\\n<tool_response>\\n' + message.content + '\\n</tool_response>' }}"
+    "{%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}{{- '<|im_end|>\\n' }}{%- endif %}"
+    "{%- else %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+MULTIPLY_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "multiply",
+        "description": "Multiply two integers.",
+        "parameters": {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+            "required": ["a", "b"],
+        },
+    },
+}
+"""An OpenAI-style tool for tests."""
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerBase:

@@ -25,43 +25,11 @@ from llama_index.llms.ggro import GGRO, GGRONudgeCollector
 from transformers import PreTrainedTokenizerBase
 
 from ggro import GGRODecoder
-from ggro.testing import tiny_decoder, tiny_policy, tiny_reward, tiny_tokenizer
+from ggro.testing import HERMES_CHAT_TEMPLATE, tiny_decoder, tiny_policy, tiny_reward, tiny_tokenizer
 from ggro.tools import ParsedResponse, parse_tool_calls
 from tests.conftest import EventRecorder
 
-# A chat template modelled on Qwen2.5's Hermes one (as in the core package's prompting tests): tools in the
-# system turn, assistant tool calls as <tool_call> blocks, tool results as <tool_response> blocks of a user turn.
-HERMES_TEMPLATE = (
-    "{%- if tools %}"
-    "{{- '<|im_start|>system\\n' }}"
-    "{%- if messages[0].role == 'system' %}{{- messages[0].content + '\\n\\n' }}{%- endif %}"
-    "{{- '# Tools\\n<tools>' }}"
-    "{%- for tool in tools %}{{- '\\n' + (tool | tojson) }}{%- endfor %}"
-    '{{- \'\\n</tools>\\nCall a tool as <tool_call>\\n{"name": ..., "arguments": ...}\\n</tool_call><|im_end|>\\n\' }}'
-    "{%- elif messages[0].role == 'system' %}"
-    "{{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{%- for message in messages %}"
-    "{%- if message.role == 'system' and loop.first %}"
-    "{%- elif message.role == 'assistant' and message.tool_calls %}"
-    "{{- '<|im_start|>assistant' }}"
-    "{%- if message.content %}{{- '\\n' + message.content }}{%- endif %}"
-    "{%- for call in message.tool_calls %}"
-    "{%- set call = call.function if call.function is defined else call %}"
-    '{{- \'\\n<tool_call>\\n{"name": "\' + call.name + \'", "arguments": \' + (call.arguments | tojson) }}'
-    "{{- '}\\n</tool_call>' }}"
-    "{%- endfor %}"
-    "{{- '<|im_end|>\\n' }}"
-    "{%- elif message.role == 'tool' %}"
-    "{%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}{{- '<|im_start|>user' }}{%- endif %}"
-    "{{- '\\n<tool_response>\\n' + message.content + '\\n</tool_response>' }}"
-    "{%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}{{- '<|im_end|>\\n' }}{%- endif %}"
-    "{%- else %}"
-    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
+HERMES_TEMPLATE = HERMES_CHAT_TEMPLATE  # modelled on Qwen2.5's hermes template (ggro.testing)
 
 # Room for a call on the one-character-per-token tiny tokenizer (the shortest multiply call is ~70 tokens).
 OPTIONS: dict[str, Any] = {"max_new_tokens": 112, "refinement_steps": 2}
