@@ -225,6 +225,7 @@ def test_steer_structure_lets_nudges_land_on_syntax() -> None:
     free = decoder().generate("hi", constraint=constraint, max_new_tokens=30, steer_structure=True)[0]
     assert safe.nudges == []  # no free-text value: nothing to steer
     assert free.nudges  # the same grammar with structure steering on: nudges on syntax happen
+    assert {n.landed_in for n in free.nudges} == {"syntax"}  # and the events say so
     for result in (safe, free):
         jsonschema.validate(json.loads(result.text), schema)
 

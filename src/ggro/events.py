@@ -38,10 +38,11 @@ class NudgeEvent(_Frozen):
     refinements_used: int = Field(description="Candidates evaluated in this segment, the draft included.")
     kept_refinement: int
     kept: bool
-    landed_in: Literal["text", "value"] = Field(
+    landed_in: Literal["text", "value", "syntax"] = Field(
         default="text",
-        description="Where the nudge landed: plain text, or a free-text string value of a structured output "
-        "(a tool call's argument, a JSON field).",
+        description="Where the nudge landed: plain text, a free-text string value of a structured output (a tool "
+        "call's argument, a JSON field), or, only with steer_structure=True, its syntax (keys, names, enums, "
+        "numbers, punctuation).",
     )
 
 

@@ -77,7 +77,9 @@ class SegmentPlan:
     cached: list[int] = field(default_factory=list)
     """Tokens after ``start`` that the policy cache holds (those of the last generated candidate)."""
     region: Position | None = None
-    """Under a constraint, where the insertion position lies (text or a free-text value), once checked."""
+    """Under a constraint, the text run or free-text value the insertion position lies in (None: syntax)."""
+    landed_in: Literal["text", "value", "syntax"] | None = None
+    """Where a nudge at the insertion position lands, once checked (None: not checked; no constraint: text)."""
 
 
 class Refinement(NamedTuple):
@@ -155,16 +157,17 @@ class SegmentRefiner:
     def _steerable_insertion(self, plan: SegmentPlan, ids: list[int], cand: Candidate) -> bool:
         """Whether a nudge may go at the insertion position (always, unless a constraint's structure is there
         and ``steer_structure`` is off); records where it lies on the plan."""
-        if self.constraint is None or self.cfg.steer_structure:
+        if self.constraint is None:
             return True
-        if plan.region is None:
+        if plan.landed_in is None:
             prefix = [*ids[self.response_start :], *cand.tokens[: plan.offset]]
             region = self.constraint.steerable(prefix)
             # The draft's own token must belong there too: replacing a call's opening tag or a string's
             # closing quote with text would land the nudge on structure.
             if region is not None and self.constraint.stays_in_region(prefix, region, cand.tokens[plan.offset]):
                 plan.region = region
-        return plan.region is not None
+            plan.landed_in = plan.region.kind if plan.region is not None else "syntax"
+        return plan.region is not None or self.cfg.steer_structure
 
     def _score(self, cand: Candidate, ids: list[int], grad_at: int | None) -> SegmentScore | None:
         """The candidate's reward (and gradient at ``grad_at``), recorded on it; None when it is unusable."""

@@ -230,7 +230,7 @@ class _Sequence:
             refinements_used=len(plan.candidates),
             kept_refinement=kept_index,
             kept=kept_index > 0,
-            landed_in="value" if plan.region is not None and plan.region.kind == "value" else "text",
+            landed_in=plan.landed_in or "text",
         )
 
     # ------------------------------------------------------------------ the end
