@@ -53,6 +53,10 @@ POLICY = "qwen2.5-coder-0.5b-instruct"
 VARIANTS: dict[str, dict[str, Any]] = {
     "baseline": {"answer_instead_of_repeating": False, "describe_tool_results": False},
     "improved": {},  # the wrappers' defaults: answer_instead_of_repeating=True, describe_tool_results=True
+    # The same without steering (one candidate per segment: greedy under the grammar), to tell the levers'
+    # effect from the steering reward's.
+    "baseline-unsteered": {"answer_instead_of_repeating": False, "describe_tool_results": False, "refinement_steps": 1},
+    "improved-unsteered": {"refinement_steps": 1},
 }
 """The wrapper options of each evaluated variant."""
 
