@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_SCHEMA_CHARS",
     "Constraint",
+    "ConstraintError",
     "ConstraintState",
     "GrammarVocabulary",
     "ToolChoice",
