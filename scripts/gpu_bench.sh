@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The evaluation's GPU timing, one command under 8 minutes: `ggro bench` on a randomly initialised ~1B
-# Llama-shaped policy and RM in bf16 — greedy generate vs GGRO one prompt at a time (batch 1) vs GGRO on
-# the 8 prompts as one batch vs the release's re-prefill structure, medians of 3 runs.
+# Llama-shaped policy and RM in bf16 — greedy generate vs GGRO one prompt at a time (batch 1), on the 8
+# prompts as one batch, with parallel refinement, and the fast mode (parallel + early exit) one at a time and
+# batched, medians of 3 runs (BENCH_METHODS picks others, e.g. add `reference release-structure`).
 #
 #   OUT=gpu-out bash scripts/gpu_bench.sh [TOKENIZER_DIR]
 #
@@ -19,4 +20,5 @@ cp docs/benchmarks.md "$OUT/docs/benchmarks.md"
 # an H200); the limit leaves a minute for loading and start-up.
 timeout "${BENCH_TIMEOUT:-420}" "$PY" -m ggro.cli bench --synthetic-1b ${TOKENIZER:+--tokenizer "$TOKENIZER"} \
   --device cuda --dtype bfloat16 --runs "${BENCH_RUNS:-3}" --prompts 8 --max-new-tokens "${BENCH_TOKENS:-16}" \
+  --methods ${BENCH_METHODS:-greedy ggro ggro-batch ggro-parallel ggro-fast ggro-fast-batch} \
   --json --out "$OUT/docs/benchmarks.md" 2>&1 | tee "$OUT/bench-cuda.txt"

@@ -25,6 +25,7 @@ BENCH_TOKENS=${BENCH_TOKENS:-32}
 mkdir -p "$OUT/docs" && cp docs/benchmarks.md "$OUT/docs/benchmarks.md"
 timeout "${BENCH_TIMEOUT:-360}" "$PY" -m ggro.cli bench --synthetic-1b ${TOKENIZER:+--tokenizer "$TOKENIZER"} --device cuda \
   --dtype bfloat16 --runs "$BENCH_RUNS" --prompts 8 --max-new-tokens "$BENCH_TOKENS" --json \
+  --methods ${BENCH_METHODS:-greedy ggro ggro-batch ggro-parallel ggro-fast ggro-fast-batch} \
   --out "$OUT/docs/benchmarks.md" 2>&1 | tee "$OUT/bench-cuda.txt"
 
 for dtype in float32 bfloat16; do

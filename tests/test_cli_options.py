@@ -45,13 +45,31 @@ def test_eval_leaves_per_method_options_to_the_method_names() -> None:
     assert {a.dest for a in ev._actions if a.option_strings == ["--refinement-steps"]} == set()
 
 
-def test_bench_settings_come_from_the_reference_preset_and_flags() -> None:
+def test_bench_settings_come_from_the_default_preset_and_flags() -> None:
     from ggro.cli import _config_from_args
 
-    args = _subparsers()["bench"].parse_args(["--refinement-steps", "3", "--dtype", "float16"])
+    bench = _subparsers()["bench"]
+    args = bench.parse_args(["--refinement-steps", "3", "--dtype", "float16"])
     config = _config_from_args(args)
-    assert config == GGROConfig.reference(refinement_steps=3, max_new_tokens=48)
-    assert args.dtype == "float16"
+    assert config == GGROConfig(refinement_steps=3, max_new_tokens=48)
+    assert (args.dtype, args.preset, args.policy, args.reward, args.methods, args.no_memory) == (
+        "float16",
+        "default",
+        None,
+        None,
+        None,
+        False,
+    )
+    args = bench.parse_args(
+        ["--methods", "greedy", "ggro-batch", "--no-memory", "--policy", "qwen2.5-coder-0.5b-instruct"]
+    )
+    assert (args.methods, args.no_memory, args.policy) == (
+        ["greedy", "ggro-batch"],
+        True,
+        "qwen2.5-coder-0.5b-instruct",
+    )
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--methods", "beam"])
 
 
 def test_bench_settings_are_validated() -> None:
@@ -61,4 +79,4 @@ def test_bench_settings_are_validated() -> None:
         BenchSettings(runs=0)
     with pytest.raises(ValueError, match="dtype: expected a torch dtype name"):
         BenchSettings(dtype="float33")
-    assert BenchSettings().config == GGROConfig.reference(max_new_tokens=48)
+    assert BenchSettings().config == GGROConfig(max_new_tokens=48)

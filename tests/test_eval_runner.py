@@ -127,3 +127,13 @@ def test_rows_name_their_models_and_a_file_of_other_models_is_refused(decoder: G
     ):
         run_eval(other, {"harmful": SETS["harmful"]}, ["greedy"], judges, out, max_new_tokens=4, limit=2)
     assert out.read_bytes() == before  # nothing mixed in
+
+
+def test_speed_variant_names_spell_their_options() -> None:
+    from ggro.lab.eval import runner
+
+    assert runner.ggro_speed_variant("ggro-parallel") == {"refinement": "parallel"}
+    assert runner.ggro_speed_variant("ggro-x0.02") == {"early_exit_gain": 0.02}
+    assert runner.ggro_speed_variant("ggro-parallel-x0.5") == {"refinement": "parallel", "early_exit_gain": 0.5}
+    assert [runner.ggro_speed_variant(n) for n in ("ggro", "ggro-r3", "ggro-x", "ggro-x0.1-parallel")] == [None] * 4
+    assert runner.parse_method("ggro-parallel-x0.5").name == "ggro-parallel-x0.5"

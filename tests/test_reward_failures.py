@@ -142,6 +142,20 @@ def test_fallback_policy_keeps_the_draft_reports_it_and_spares_the_batch(
     assert [r.text for r in decoder2.generate(PROMPTS)] == [r.text for r in results]
 
 
+@pytest.mark.parametrize("call", [0, 1])
+def test_parallel_refinement_follows_the_same_failure_policy(parts: tuple[Any, Any, RewardModel], call: int) -> None:
+    with pytest.raises(RewardError, match="reward server unavailable"):
+        make(parts, fails_on(call), refinement="parallel").generate(PROMPTS)
+    results = make(parts, fails_on(call), reward_failure="fallback", refinement="parallel").generate(PROMPTS)
+    expected = clean(parts, PROMPTS, refinement="parallel")
+    assert [results[0].text, results[2].text] == [expected[0].text, expected[2].text]
+    faulty = results[1]
+    assert faulty.reward_error is not None and faulty.final_reward is None
+    failed = [s for s in faulty.segments if s.reward_error]
+    assert len(failed) == 1 and failed[0].reward_fallback
+    assert not any(s.nudged for s in faulty.segments[faulty.segments.index(failed[0]) :])
+
+
 def test_nan_rewards_follow_nonfinite_reward(parts: tuple[Any, Any, RewardModel]) -> None:
     skipping = make(parts, fails_on(1, how="nan"))
     (result,) = skipping.generate([PROMPTS[1]])

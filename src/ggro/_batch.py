@@ -9,13 +9,22 @@ holes dominate. With one row there are never holes: a rollback is a crop.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from transformers import PreTrainedModel
 
-from ._compat import cache_kwargs, cache_position_kwargs, crop_to, gather_cache_slots, new_cache, output_cache
+from ._compat import (
+    append_cache_rows,
+    cache_kwargs,
+    cache_position_kwargs,
+    copy_cache_row,
+    crop_to,
+    gather_cache_slots,
+    new_cache,
+    output_cache,
+)
 
 
 @dataclass
@@ -23,13 +32,64 @@ class FeedRequest:
     tokens: list[int]
     all_logits: bool = False
     """Return logits for every fed position (speculative verification); else only for the last."""
+    hidden: bool = False
+    """Also return the policy's final hidden states of the fed positions, in :attr:`states`."""
+    states: torch.Tensor | None = None
+    """Filled by the pass when ``hidden``: float32 [len(tokens), hidden size]."""
 
 
 @dataclass
 class Rollback:
-    """Ask for the sequence's cache row to be cut back to its first ``length`` tokens."""
+    """Ask for the sequence's cache row (or its branch row ``branch``) to be cut back to its first ``length``
+    tokens."""
 
     length: int
+    branch: int | None = None
+
+
+@dataclass
+class Fork:
+    """Ask for ``count`` branch rows, each a copy of the sequence's row cut back to its first ``length`` tokens
+    (parallel refinement decodes several candidates at once over the shared prefix)."""
+
+    count: int
+    length: int
+
+
+@dataclass
+class BranchFeed:
+    """One pass over the sequence's branch rows: ``requests[b]`` feeds branch ``b`` (None: not this pass).
+    Answered with each branch's logits (None where it was not fed)."""
+
+    requests: list[FeedRequest | None]
+
+
+@dataclass
+class Join:
+    """Ask for the sequence's branch rows to be dropped; with ``keep``, branch ``keep``'s row first replaces the
+    sequence's own (cache and tokens), else the sequence's row is untouched."""
+
+    keep: int | None = None
+
+
+Request = FeedRequest | Rollback | Fork | BranchFeed | Join
+"""What a sequence coroutine yields to the scheduler."""
+Answer = torch.Tensor | list[torch.Tensor | None] | None
+"""What the scheduler sends back: logits for a FeedRequest, a list for a BranchFeed, None otherwise."""
+
+
+def feed(request: FeedRequest) -> Generator[Request, Answer, torch.Tensor]:
+    """Yield one feed and return its logits (for ``yield from`` in sequence coroutines)."""
+    out = yield request
+    assert isinstance(out, torch.Tensor)
+    return out
+
+
+def feed_branches(requests: list[FeedRequest | None]) -> Generator[Request, Answer, list[torch.Tensor | None]]:
+    """Yield one pass over branch rows and return each branch's logits."""
+    out = yield BranchFeed(requests)
+    assert isinstance(out, list)
+    return out
 
 
 @dataclass
@@ -87,6 +147,24 @@ class PolicyBatch:
         gather_cache_slots(self.cache, index)
         self.live = live
 
+    def fork(self, parent: int, count: int, length: int) -> list[int]:
+        """Append ``count`` rows that copy row ``parent`` cut back to its first ``length`` tokens (they share no
+        memory with it afterwards); returns their indices."""
+        slots = self.rows[parent].slots[:length]
+        first = len(self.rows)
+        append_cache_rows(self.cache, torch.full((count,), parent, dtype=torch.long))
+        live = torch.zeros(count, self.num_slots, dtype=torch.bool)
+        live[:, slots] = True
+        self.live = torch.cat([self.live, live])
+        self.rows.extend(_Row(list(slots)) for _ in range(count))
+        return list(range(first, first + count))
+
+    def adopt_row(self, target: int, source: int) -> None:
+        """Make row ``target`` a copy of row ``source`` (its cache, live slots and tokens)."""
+        copy_cache_row(self.cache, target, source)
+        self.live[target] = self.live[source]
+        self.rows[target].slots = list(self.rows[source].slots)
+
     def step(self, requests: dict[int, FeedRequest]) -> dict[int, torch.Tensor]:
         """One forward pass over every row's chunk. Returns float32 logits per requesting row:
         [len(tokens), vocab] when ``all_logits`` else [1, vocab] (the last fed position)."""
@@ -116,6 +194,9 @@ class PolicyBatch:
         attention = torch.cat([self.live, chunk_live], dim=1)
         kwargs = cache_kwargs(self.model, self.cache)
         kwargs.update(cache_position_kwargs(self.model, start, width, self.device))
+        hidden = any(r.hidden for r in requests.values())
+        if hidden:
+            kwargs["output_hidden_states"] = True
         with torch.no_grad():
             out = self.model(
                 input_ids=ids.to(self.device),
@@ -125,6 +206,11 @@ class PolicyBatch:
                 logits_to_keep=torch.tensor(keep, device=self.device),
                 **kwargs,
             )
+        if hidden:  # the last entry is the final (normed) hidden state, what the LM head reads
+            final = out.hidden_states[-1]
+            for i, req in requests.items():
+                if req.hidden:
+                    req.states = final[i, : len(req.tokens)].float()
         self.forward_passes += 1
         cache = output_cache(out)
         if cache is not None:

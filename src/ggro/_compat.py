@@ -81,3 +81,24 @@ def crop_detached(cache: DynamicCache, length: int) -> None:
         if layer.keys is not None and layer.keys.requires_grad:
             layer.keys = layer.keys.detach()
             layer.values = layer.values.detach()
+
+
+def append_cache_rows(cache: DynamicCache, rows: torch.Tensor) -> None:
+    """Append copies of the batch rows ``rows`` (indices) at the end of the batch (in place, all layers)."""
+    for layer in list[Any](cache.layers):
+        keys, values = layer.keys, layer.values
+        if keys is None or values is None or keys.numel() == 0:
+            continue
+        index = rows.to(keys.device)
+        layer.keys = torch.cat([keys, keys[index]])
+        layer.values = torch.cat([values, values[index]])
+
+
+def copy_cache_row(cache: DynamicCache, target: int, source: int) -> None:
+    """Overwrite batch row ``target`` with row ``source`` (in place, all layers)."""
+    for layer in list[Any](cache.layers):
+        keys, values = layer.keys, layer.values
+        if keys is None or values is None or keys.numel() == 0:
+            continue
+        keys[target].copy_(keys[source])
+        values[target].copy_(values[source])

@@ -249,12 +249,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     settings = BenchSettings(
         config=_config_from_args(args),
+        policy=args.policy,
+        reward=args.reward,
+        methods=tuple(args.methods) if args.methods else None,
         prompts=args.prompts,
         runs=args.runs,
         device=args.device,
         dtype=args.dtype,
         synthetic_1b=args.synthetic_1b,
         tokenizer=args.tokenizer,
+        memory=not args.no_memory,
         json=args.json,
         out=args.out,
     )
@@ -301,7 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--methods",
         nargs="+",
         default=None,
-        help="Method names: greedy, bon-N, args[-kK-wW], ggro[-rR][-tT] (default: greedy bon-4 bon-16 args ggro).",
+        help="Method names: greedy, bon-N, args[-kK-wW], ggro[-rR][-tT], ggro[-parallel][-xG] (parallel refinement, "
+        "early exit at gain G) (default: greedy bon-4 bon-16 args ggro).",
     )
     ev.add_argument("--pressure", action="store_true", help="Add the optimisation-pressure sweep methods.")
     ev.add_argument("--size", type=int, default=100, help="Prompts per set (HarmBench <= 200, benign <= 100).")
@@ -326,11 +331,30 @@ def build_parser() -> argparse.ArgumentParser:
     ref.add_argument("directory")
     ref.set_defaults(func=_cmd_reference_check)
 
-    bench = sub.add_parser("bench", help="Greedy vs GGRO vs the release's re-prefill structure, side by side.")
-    bench.add_argument("--json", action="store_true", help="Also print the report as one JSON line.")
+    from .lab.bench import METHODS
+
+    bench = sub.add_parser(
+        "bench",
+        help="What the default path costs: greedy generate vs GGRO's variants vs the release's structure, side by "
+        "side (time, forward passes, peak memory, where the time goes).",
+    )
+    bench.add_argument("--json", action="store_true", help="Also print the report as one JSON line (the last line).")
     bench.add_argument("--runs", type=int, default=3, help="Timed runs per method (the median is reported).")
     bench.add_argument("--prompts", type=int, default=8, help="Number of prompts (cycled from the bench set).")
     bench.add_argument("--out", default=None, help="Write the markdown report here (e.g. docs/benchmarks.md).")
+    bench.add_argument(
+        "--methods",
+        nargs="+",
+        choices=METHODS,
+        default=None,
+        metavar="NAME",
+        help=f"Methods to run (default: all): {', '.join(METHODS)}.",
+    )
+    bench.add_argument(
+        "--no-memory",
+        action="store_true",
+        help="Do not measure peak memory (on CPU it reruns each method once in a fresh process).",
+    )
     bench.add_argument(
         "--synthetic-1b",
         action="store_true",
@@ -342,9 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="Tokenizer id or path for --synthetic-1b (default: the embedded policy's; a machine without the "
         "cache or a package index can pass a folder holding tokenizer.json).",
     )
-    _add_device_options(bench)
+    _add_model_options(bench)
     _add_config_options(
-        bench, preset="reference", note="; the release structure reads steps, threshold, offset, top-k and budget"
+        bench,
+        note="; for the ggro methods (reference and release-structure use GGROConfig.reference(max_new_tokens=...))",
     )
     bench.set_defaults(func=_cmd_bench, max_new_tokens=48)
     return parser

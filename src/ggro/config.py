@@ -84,6 +84,28 @@ class GGROOptions(BaseModel):
     max_nudges: int | None = Field(
         default=None, ge=0, description="Upper bound on nudged segments per response (None: unbounded)."
     )
+    refinement: Literal["sequential", "parallel"] = Field(
+        default="sequential",
+        description="'sequential' (paper): each refinement is nudged by the gradient of the candidate before it. "
+        "'parallel' (beyond the paper): one gradient from the draft ranks the top-k, and the draft's best "
+        "refinement_steps - 1 alternatives with a predicted gain are decoded together as one batch over the "
+        "shared prefix; the best-rewarded candidate is kept. One gradient per segment instead of up to "
+        "refinement_steps - 1.",
+    )
+    early_exit_gain: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1e6,
+        description="Stop refining a segment when the best proposal's predicted reward gain over the current "
+        "token (first-order, (E[v] - E[current]) . dr/de; the exact gain for rewards without gradients) is below "
+        "this value, in reward units. None: refine while a proposal is predicted to do better at all (paper).",
+    )
+    fused_reward: bool = Field(
+        default=True,
+        description="When the reward is a head on the policy's own transformer (the embedded rewards are), read "
+        "each candidate's reward from the hidden states the policy computed while decoding it instead of a "
+        "second forward pass. Outputs are the same with it on or off, up to float rounding.",
+    )
     speculative_refinement: bool = Field(
         default=True,
         description="Verify a refinement's continuation against earlier candidates in one forward pass. Outputs "

@@ -329,7 +329,14 @@ class GGRODecoder:
     ) -> Generator[GGROEvent, None, list[GGROResult]]:
         """One sequence coroutine per prompt, run together; a generator, so nothing starts before iteration."""
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        parts = DecoderParts(self.reward, self.eos_token_ids, Detokenizer(self.tokenizer), self.context_window, grammar)
+        parts = DecoderParts(
+            self.reward,
+            self.eos_token_ids,
+            Detokenizer(self.tokenizer),
+            self.context_window,
+            grammar,
+            reward_reads_states=self.reward.reads_policy_states(self.policy),
+        )
         outbox: Outbox[GGROEvent] = Outbox(listener)
         started = time.perf_counter()
         counts = [PassCount() for _ in prompts]

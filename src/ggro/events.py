@@ -76,6 +76,11 @@ class SegmentEvent(_Frozen):
         "failed or timed out earlier or here under reward_failure='fallback'): the best candidate with a usable "
         "reward stands, else the draft.",
     )
+    stopped_early: bool = Field(
+        False,
+        description="early_exit_gain ended the refinement: the best proposal's predicted gain was positive but "
+        "below the threshold.",
+    )
     reward_error: str | None = Field(
         None, description="The reward model's failure in this segment (reward_failure='fallback'), else None."
     )
@@ -100,11 +105,27 @@ class Usage(_Frozen):
 
 
 class Timing(_Frozen):
-    seconds: float = Field(description="Wall-clock seconds of the decode (batch-wide for batched calls).")
+    seconds: float = Field(
+        description="Wall-clock seconds from the call's start until this response was done (in a batched call, "
+        "the whole batch's time for the last response to finish)."
+    )
     first_segment_seconds: float | None = Field(description="Seconds until the first segment was accepted.")
     constraint_seconds: float | None = Field(
         default=None,
         description="Seconds spent in the grammar (masks, keeping the structure closable) under a constraint.",
+    )
+    policy_seconds: float | None = Field(
+        default=None,
+        description="Seconds of the policy forward passes this response took part in (in a batched call, "
+        "each pass counts whole for every response it fed).",
+    )
+    reward_seconds: float | None = Field(
+        default=None, description="Seconds in the reward model's calls for this response, backward passes included."
+    )
+    reward_backward_seconds: float | None = Field(
+        default=None,
+        description="Of reward_seconds, the seconds of the backward passes that gave nudge gradients (None when "
+        "the reward does not report them).",
     )
 
 

@@ -23,6 +23,39 @@ class NudgeProposal:
     """Chosen token; equal to the current token when no candidate is predicted to do better."""
     candidate_ids: list[int]
     scores: list[float]
+    gains: list[float]
+    """Each candidate's predicted reward change over the current token (first-order for gradients, exact for
+    rewards without them); the current token's is 0, a non-finite one -inf."""
+
+    @property
+    def gain(self) -> float:
+        """The chosen token's predicted reward change (0 when it is the current token)."""
+        return self.gains[self.candidate_ids.index(self.token_id)] if self.token_id in self.candidate_ids else 0.0
+
+    def alternatives(
+        self,
+        count: int,
+        *,
+        min_gain: float | None,
+        selection: Literal["greedy", "sample"],
+        temperature: float,
+        generator: torch.Generator | None = None,
+    ) -> list[int]:
+        """Up to ``count`` tokens other than the current one predicted to gain (more than 0, and at least
+        ``min_gain`` when given), best first; ``sample`` draws them without replacement from
+        softmax(gain / temperature) instead (parallel refinement's proposals)."""
+        floor = 0.0 if min_gain is None else min_gain
+        gains = torch.tensor(self.gains, dtype=torch.float64)
+        eligible = [i for i, g in enumerate(self.gains) if g > 0.0 and g >= floor]
+        if not eligible or count < 1:
+            return []
+        if selection == "sample" and len(eligible) > count:
+            chosen = gains[eligible]
+            probs = torch.softmax((chosen - chosen.max()) / temperature, dim=-1)
+            picks = torch.multinomial(probs, count, replacement=False, generator=generator).tolist()
+            return [self.candidate_ids[eligible[j]] for j in picks]
+        eligible.sort(key=lambda i: -self.gains[i])
+        return [self.candidate_ids[i] for i in eligible[:count]]
 
 
 def propose_nudge(
@@ -43,9 +76,7 @@ def propose_nudge(
     scores = reward.candidate_scores(gradient, top_k_ids).float().cpu()
     if not torch.isfinite(scores).all():
         return None
-    current = 0.0
-    if baseline == "current":
-        current = float(reward.candidate_scores(gradient, torch.tensor([current_token])).float().cpu()[0])
+    current = float(reward.candidate_scores(gradient, torch.tensor([current_token])).float().cpu()[0])
     return choose_nudge(
         scores,
         top_k_ids,
@@ -75,6 +106,8 @@ def choose_nudge(
     scores = scores.float().cpu()
     ids = top_k_ids.cpu()
     is_current = ids == current_token
+    gains = torch.where(is_current, torch.zeros_like(scores), scores - current_score)
+    gains = torch.where(torch.isfinite(gains), gains, torch.full_like(gains, float("-inf")))
     if baseline == "zero":
         scores = torch.where(is_current, scores * _CURRENT_TOKEN_SCALE, scores)
     else:
@@ -90,4 +123,6 @@ def choose_nudge(
         index = int(torch.multinomial(probs, 1, generator=generator)[0])
     else:
         index = int(scaled.argmax())
-    return NudgeProposal(token_id=int(ids[index]), candidate_ids=ids.tolist(), scores=scores.tolist())
+    return NudgeProposal(
+        token_id=int(ids[index]), candidate_ids=ids.tolist(), scores=scores.tolist(), gains=gains.tolist()
+    )

@@ -14,7 +14,7 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from ._batch import FeedRequest, Rollback
+from ._batch import Answer, FeedRequest, Fork, Join, Request, Rollback, feed, feed_branches
 from .config import GGROConfig
 from .constraints import ConstraintState, GrammarVocabulary
 from .detokenize import Detokenizer
@@ -51,6 +51,8 @@ class DecoderParts:
     context_window: int | None
     grammar: GrammarVocabulary | None = None
     """The grammar engine's view of the tokenizer; built by the decoder for a constrained call."""
+    reward_reads_states: bool = False
+    """The reward is a head on the policy's own transformer (:meth:`RewardModel.reads_policy_states`)."""
 
 
 @dataclass
@@ -63,6 +65,10 @@ class Candidate:
     reward: float | None = None
     reward_terms: dict[str, float] | None = None
     proposal: NudgeProposal | None = None
+    states: torch.Tensor | None = None
+    """Under a fused reward: the policy's final hidden states of the candidate's fed tokens, from the segment
+    start (float32 [fed, hidden]; the last token is fed only when entropy ended the candidate or the reward
+    asked for its state)."""
 
 
 @dataclass
@@ -72,6 +78,8 @@ class SegmentPlan:
     start: int  # absolute length of the context
     offset: int
     start_logits: torch.Tensor
+    context_states: torch.Tensor | None = None
+    """Under a fused reward: the policy's final hidden states of the context (float32 [start, hidden])."""
     insertion_logits: torch.Tensor | None = None
     candidates: list[Candidate] = field(default_factory=list)
     cached: list[int] = field(default_factory=list)
@@ -89,9 +97,11 @@ class Refinement(NamedTuple):
     kept_index: int
     stopped_on_repeat: bool = False
     fallback: bool = False
+    stopped_early: bool = False
+    """``early_exit_gain`` ended it: the best proposal's predicted gain was positive but below the threshold."""
 
 
-_Steps = Generator[FeedRequest | Rollback, torch.Tensor | None, Refinement]
+_Steps = Generator[Request, Answer, Refinement]
 
 
 class SegmentRefiner:
@@ -118,9 +128,13 @@ class SegmentRefiner:
         self.session = session
         self.generator = generator
         self.guard = guard
+        # Re-tokenised joins may change the context's ids, so its states would no longer match them.
+        self.fused = cfg.fused_reward and parts.reward_reads_states and not cfg.retokenize_between_segments
 
     def refine(self, plan: SegmentPlan, ids: list[int], steps: int) -> _Steps:
         """Draft, then up to ``steps - 1`` nudged refinements; every candidate lands in ``plan.candidates``."""
+        if self.cfg.refinement == "parallel":
+            return (yield from self._refine_parallel(plan, ids, steps))
         best_index, best_reward = 0, float("-inf")
         forced: int | None = None
         for r in range(steps):
@@ -135,7 +149,8 @@ class SegmentRefiner:
             if self.guard.broken:  # the reward failed earlier in this response: the draft stands, unscored
                 return Refinement(best_index, fallback=True)
             wants_proposal = r < steps - 1 and len(cand.tokens) > plan.offset
-            score = self._score(cand, ids, plan.offset if wants_proposal and self.reward.differentiable else None)
+            grad_at = plan.offset if wants_proposal and self.reward.differentiable else None
+            score = yield from self._score(plan, cand, ids, grad_at)
             if score is None:
                 return Refinement(best_index, fallback=True)
             if score.reward > best_reward:
@@ -151,8 +166,159 @@ class SegmentRefiner:
                 return Refinement(best_index, fallback=True)
             if cand.proposal.token_id == cand.tokens[plan.offset]:
                 return Refinement(best_index, stopped_on_repeat=True)  # forcing it reproduces this candidate
+            if self.cfg.early_exit_gain is not None and cand.proposal.gain < self.cfg.early_exit_gain:
+                return Refinement(best_index, stopped_early=True)
             forced = cand.proposal.token_id
         return Refinement(best_index)
+
+    def _refine_parallel(self, plan: SegmentPlan, ids: list[int], steps: int) -> _Steps:
+        """Draft; one gradient from it ranks the top-k; the best ``steps - 1`` alternatives predicted to gain are
+        decoded together from the insertion position as branch rows over the shared prefix; the best-rewarded
+        candidate is kept (the draft on ties)."""
+        draft = yield from self._candidate(plan, ids, None)
+        plan.cached = draft.tokens if draft.end == "entropy" else draft.tokens[:-1]
+        plan.candidates.append(draft)
+        if self.guard.broken:
+            return Refinement(0, fallback=True)
+        wants_proposal = steps > 1 and len(draft.tokens) > plan.offset
+        grad_at = plan.offset if wants_proposal and self.reward.differentiable else None
+        score = yield from self._score(plan, draft, ids, grad_at)
+        if score is None:
+            return Refinement(0, fallback=True)
+        if not wants_proposal:
+            return Refinement(0, stopped_on_repeat=len(draft.tokens) <= plan.offset and steps > 1)
+        if not self._steerable_insertion(plan, ids, draft):
+            return Refinement(0)
+        draft.proposal = self._propose(plan, ids, draft, score)
+        if draft.proposal is None:
+            return Refinement(0, fallback=True)
+        cfg = self.cfg
+        tokens = draft.proposal.alternatives(
+            steps - 1,
+            min_gain=cfg.early_exit_gain,
+            selection=cfg.nudge_selection,
+            temperature=cfg.nudge_temperature,
+            generator=self.generator,
+        )
+        if not tokens:
+            improves = any(g > 0.0 for g in draft.proposal.gains)
+            return Refinement(0, stopped_on_repeat=not improves, stopped_early=improves)
+        branches = yield from self._decode_branches(plan, ids, tokens)
+        plan.candidates.extend(b.candidate for b in branches)
+        if not (yield from self._score_branches(plan, ids, [b.candidate for b in branches])):
+            yield Join()
+            return Refinement(0, fallback=True)
+        best_index, best_reward = 0, score.reward
+        for index, cand in enumerate(plan.candidates[1:], start=1):
+            if cand.reward is not None and finite(cand.reward) and cand.reward > best_reward:
+                best_index, best_reward = index, cand.reward
+        if best_index == 0:
+            yield Join()
+        else:  # the winning branch's row becomes the sequence's own: its cache holds what it fed
+            winner = branches[best_index - 1]
+            yield Join(keep=best_index - 1)
+            plan.cached = winner.candidate.tokens[: winner.fed]
+        return Refinement(best_index)
+
+    def _decode_branches(
+        self, plan: SegmentPlan, ids: list[int], tokens: list[int]
+    ) -> Generator[Request, Answer, list[_Branch]]:
+        """Greedy continuations with each of ``tokens`` forced at the insertion position, decoded in lockstep
+        as branch rows (one policy pass per step for all of them); each ends as a refinement would. The rows
+        stay until the caller joins them."""
+        assert plan.insertion_logits is not None
+        draft = plan.candidates[0]
+        head_states = draft.states[: plan.offset] if draft.states is not None else None
+        yield Fork(len(tokens), plan.start + plan.offset)
+        head = list(draft.tokens[: plan.offset])
+        branches = [_Branch(list(head), plan.insertion_logits, token, fed=len(head)) for token in tokens]
+        for branch in branches:
+            self._branch_step(plan, ids, branch, head_states)
+        stops = self.cfg.stop_sequences
+        while any(b.feed for b in branches):
+            requests = [
+                FeedRequest(b.feed, all_logits=len(b.feed) > 1, hidden=self.fused) if b.feed else None
+                for b in branches
+            ]
+            outs = yield from feed_branches(requests)
+            rollbacks = []
+            for index, (branch, request, out) in enumerate(zip(branches, requests, outs, strict=True)):
+                if request is None:
+                    continue
+                assert out is not None
+                guess = request.tokens[1:]  # speculated from the draft; the longest agreeing run is kept
+                accepted = 0
+                while branch.done is None and accepted < len(guess):
+                    nxt, nxt_end, _ = self._decide(plan, ids, branch.gen, out[accepted], branch.forced)
+                    if nxt_end is not None or nxt != guess[accepted]:
+                        break
+                    branch.gen.append(nxt)
+                    accepted += 1
+                    if stops and self.parts.text.hits_stop(ids[-8:] + branch.gen, stops):
+                        branch.done = Candidate(branch.gen, "stop_sequence", None, None, branch.forced)
+                if request.states is not None:
+                    branch.states.append(request.states[: 1 + accepted])
+                branch.fed += 1 + accepted
+                branch.feed = []
+                if accepted < len(guess):
+                    rollbacks.append(Rollback(plan.start + branch.fed, branch=index))
+                if branch.done is None:
+                    branch.logits = out[accepted]
+                    self._branch_step(plan, ids, branch, head_states)
+            yield from rollbacks
+        if self.fused:
+            head_rows = [head_states] if head_states is not None else []
+            for branch in branches:
+                branch.candidate.states = torch.cat([*head_rows, *branch.states])
+        return branches
+
+    def _branch_step(
+        self, plan: SegmentPlan, ids: list[int], branch: _Branch, head_states: torch.Tensor | None
+    ) -> None:
+        """Decide the branch's next token: it ends the branch, or is fed next pass (``_candidate``'s rules)."""
+        tok, end, entropy = self._decide(plan, ids, branch.gen, branch.logits, branch.forced)
+        if end == "entropy":
+            branch.done = Candidate(branch.gen, "entropy", branch.logits, entropy, branch.forced)
+            return
+        branch.gen.append(tok)
+        stops = self.cfg.stop_sequences
+        if end is None and stops and self.parts.text.hits_stop(ids[-8:] + branch.gen, stops):
+            end = "stop_sequence"
+        if end is None:
+            guess = []
+            if self.cfg.speculative_refinement:
+                guess = _speculation(branch.gen, plan.candidates[:1], plan, self.budget_end)
+            branch.feed = [tok, *guess]
+            return
+        branch.done = Candidate(branch.gen, end, None, None, branch.forced)
+        if self.fused and not self.guard.broken:  # the reward may need the last token's state: ending fed none
+            assert plan.context_states is not None
+            fed = torch.cat([plan.context_states, *([head_states] if head_states is not None else []), *branch.states])
+            if self.guard.attempt(self.reward.reward_from_states, [*ids, *branch.gen], fed) is None:
+                branch.feed = [tok]
+
+    def _score_branches(
+        self, plan: SegmentPlan, ids: list[int], branches: list[Candidate]
+    ) -> Generator[Request, Answer, bool]:
+        """Each branch's reward (recorded on it): read from its states under a fused reward, else one batched
+        call over the branches on the context's cached prefix. False when the reward failed (fallback)."""
+        if self.guard.broken:
+            return False
+        if self.fused:
+            for cand in branches:
+                if (yield from self._score(plan, cand, ids, None)) is None and self.guard.broken:
+                    return False
+            return True
+        values = self.guard.attempt(self.session.score_continuations, ids, [c.tokens for c in branches])
+        if values is None:
+            return False
+        for cand, value in zip(branches, values, strict=True):
+            cand.reward = value
+            if not finite(value) and self.cfg.nonfinite_reward == "raise":
+                raise RewardError(
+                    f"reward model {self.reward.name!r} returned a non-finite reward ({value}) for a candidate"
+                )
+        return True
 
     def _steerable_insertion(self, plan: SegmentPlan, ids: list[int], cand: Candidate) -> bool:
         """Whether a nudge may go at the insertion position (always, unless a constraint's structure is there
@@ -169,9 +335,16 @@ class SegmentRefiner:
             plan.landed_in = plan.region.kind if plan.region is not None else "syntax"
         return plan.region is not None or self.cfg.steer_structure
 
-    def _score(self, cand: Candidate, ids: list[int], grad_at: int | None) -> SegmentScore | None:
-        """The candidate's reward (and gradient at ``grad_at``), recorded on it; None when it is unusable."""
-        score = self.guard.attempt(self.session.score_segment, ids, cand.tokens, grad_at)
+    def _score(
+        self, plan: SegmentPlan, cand: Candidate, ids: list[int], grad_at: int | None
+    ) -> Generator[Request, Answer, SegmentScore | None]:
+        """The candidate's reward (and gradient at ``grad_at``), recorded on it; None when it is unusable. Under
+        a fused reward, a reward without gradient is read from the candidate's states."""
+        if grad_at is None and self.fused:
+            value = yield from self._reward_from_states(plan, cand, ids)
+            score = None if value is None else SegmentScore(reward=value, gradient=None)
+        else:
+            score = self.guard.attempt(self.session.score_segment, ids, cand.tokens, grad_at)
         if score is None:  # the reward failed under reward_failure='fallback'
             return None
         cand.reward = score.reward
@@ -239,12 +412,40 @@ class SegmentRefiner:
             allowed = [v for v in allowed if v == current or self.constraint.stays_in_region(prefix, region, v)]
         return torch.tensor(allowed, dtype=top_k.dtype)
 
+    def _reward_from_states(
+        self, plan: SegmentPlan, cand: Candidate, ids: list[int]
+    ) -> Generator[Request, Answer, float | None]:
+        """The fused reward of the candidate; when it needs the state of a token the candidate did not feed (its
+        last, when EOS, a stop sequence or the budget ended it), that token is fed first. None: the reward
+        failed (fallback)."""
+        assert plan.context_states is not None and cand.states is not None
+        full = [*ids, *cand.tokens]
+        value = self.guard.attempt(self.reward.reward_from_states, full, torch.cat([plan.context_states, cand.states]))
+        if value is None and not self.guard.broken:
+            missing = cand.tokens[cand.states.shape[0] :]
+            # Only the candidate the policy's own row holds can be fed on (branches feed their last token
+            # themselves).
+            assert plan.cached == cand.tokens[: len(plan.cached)], "a fused reward fed a candidate the row lacks"
+            if not missing:
+                raise RewardError(f"reward model {self.reward.name!r} read no reward from a whole sequence's states")
+            request = FeedRequest(missing, hidden=True)
+            yield from feed(request)
+            assert request.states is not None
+            cand.states = torch.cat([cand.states, request.states])
+            plan.cached = list(cand.tokens)  # the policy's cache now holds the whole candidate
+            states = torch.cat([plan.context_states, cand.states])
+            value = self.guard.attempt(self.reward.reward_from_states, full, states)
+            if value is None and not self.guard.broken:
+                raise RewardError(f"reward model {self.reward.name!r} read no reward from a whole sequence's states")
+        return value
+
     def _candidate(
         self, plan: SegmentPlan, ids: list[int], forced: int | None
-    ) -> Generator[FeedRequest | Rollback, torch.Tensor | None, Candidate]:
+    ) -> Generator[Request, Answer, Candidate]:
         """Greedy continuation from the segment start (or, for refinements, from the insertion position
         with ``forced`` there) until EOS, the budget, a stop sequence or high entropy ends it."""
         stops = self.cfg.stop_sequences
+        states: list[torch.Tensor] = []
         if forced is None:
             gen: list[int] = []
             logits = plan.start_logits
@@ -252,20 +453,31 @@ class SegmentRefiner:
             assert plan.insertion_logits is not None
             gen = list(plan.candidates[0].tokens[: plan.offset])
             logits = plan.insertion_logits
+            head_states = plan.candidates[0].states
+            if head_states is not None:
+                states.append(head_states[: plan.offset])
+
+        def done(end: EndReason, tail: torch.Tensor | None, entropy: float | None) -> Candidate:
+            fed = None
+            if self.fused:
+                assert plan.context_states is not None
+                fed = torch.cat(states) if states else plan.context_states[:0]
+            return Candidate(gen, end, tail, entropy, forced, states=fed)
+
         previous = plan.candidates
         tail_text_ids = ids[-8:]
         while True:
             tok, end, entropy = self._decide(plan, ids, gen, logits, forced)
             if end == "entropy":
-                return Candidate(gen, "entropy", logits, entropy, forced)
+                return done("entropy", logits, entropy)
             gen.append(tok)
             if end is None and stops and self.parts.text.hits_stop(tail_text_ids + gen, stops):
                 end = "stop_sequence"
             if end is not None:
-                return Candidate(gen, end, None, None, forced)
+                return done(end, None, None)
             draft = _speculation(gen, previous, plan, self.budget_end) if self.cfg.speculative_refinement else []
-            out = yield FeedRequest([tok, *draft], all_logits=bool(draft))
-            assert out is not None
+            request = FeedRequest([tok, *draft], all_logits=bool(draft), hidden=self.fused)
+            out = yield from feed(request)
             logits = out[0]
             accepted = 0
             while accepted < len(draft):
@@ -277,10 +489,12 @@ class SegmentRefiner:
                 logits = out[accepted]
                 if stops and self.parts.text.hits_stop(tail_text_ids + gen, stops):
                     break
+            if request.states is not None:
+                states.append(request.states[: 1 + accepted])
             if accepted < len(draft):
                 yield Rollback(plan.start + len(gen))
             if stops and accepted and self.parts.text.hits_stop(tail_text_ids + gen, stops):
-                return Candidate(gen, "stop_sequence", None, None, forced)
+                return done("stop_sequence", None, None)
 
     def _decide(
         self, plan: SegmentPlan, ids: list[int], gen: list[int], logits: torch.Tensor, forced: int | None
@@ -317,6 +531,26 @@ class SegmentRefiner:
         if self.constraint is None or self.cfg.steer_structure:
             return True
         return self.constraint.steerable([*ids[self.response_start :], *gen]) is not None
+
+
+@dataclass
+class _Branch:
+    """One parallel refinement while it is decoded: its tokens so far, the logits it continues from, the nudge
+    token forced at the insertion position, what to feed next pass and, once it ended, its candidate."""
+
+    gen: list[int]
+    logits: torch.Tensor
+    forced: int
+    fed: int = 0
+    """Tokens of ``gen`` the branch row's cache holds."""
+    feed: list[int] = field(default_factory=list)
+    states: list[torch.Tensor] = field(default_factory=list)
+    done: Candidate | None = None
+
+    @property
+    def candidate(self) -> Candidate:
+        assert self.done is not None, "the branch has not ended"
+        return self.done
 
 
 def _speculation(gen: list[int], previous: list[Candidate], plan: SegmentPlan, budget_end: int) -> list[int]:

@@ -8,6 +8,7 @@ sequence leaves the batch. Events the sequences emit are yielded between passes,
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
@@ -16,14 +17,14 @@ from typing import Generic, TypeVar
 import torch
 from transformers import PreTrainedModel
 
-from ._batch import FeedRequest, PolicyBatch, Rollback
+from ._batch import Answer, BranchFeed, FeedRequest, Fork, PolicyBatch, Request, Rollback
 
 __all__ = ["Outbox", "PassCount", "SequenceCoroutine", "run_batched"]
 
 E = TypeVar("E")
 R = TypeVar("R")
 
-SequenceCoroutine = Generator[FeedRequest | Rollback, torch.Tensor | None, R]
+SequenceCoroutine = Generator[Request, Answer, R]
 
 
 @dataclass
@@ -32,6 +33,7 @@ class PassCount:
 
     forward_passes: int = 0
     tokens_processed: int = 0
+    seconds: float = 0.0
 
 
 class Outbox(Generic[E]):
@@ -62,15 +64,34 @@ def run_batched(
     """Drive ``sequences`` to their ends; yields the events they put in ``outbox`` and returns their results in
     order. ``counts[i]`` accumulates the passes that fed sequence ``i``. Closing this generator closes them all."""
     batch = PolicyBatch(model, len(sequences), pad_token_id=pad_token_id)
-    row_of = list(range(len(sequences)))
-    pending: dict[int, FeedRequest] = {}
+    # The owner of each batch row: (sequence, branch), branch -1 for the sequence's own row.
+    owners: list[tuple[int, int]] = [(i, -1) for i in range(len(sequences))]
+    pending: dict[int, FeedRequest | BranchFeed] = {}
     results: list[R | None] = [None] * len(sequences)
 
-    def advance(i: int, value: torch.Tensor | None) -> None:
+    def row(i: int, branch: int = -1) -> int:
+        return owners.index((i, branch))
+
+    def keep_rows(keep: list[int]) -> None:
+        nonlocal owners
+        if len(keep) < len(owners):
+            batch.drop_rows(keep)
+            owners = [owners[r] for r in keep]
+
+    def advance(i: int, value: Answer) -> None:
         try:
             request = sequences[i].send(value)
-            while isinstance(request, Rollback):
-                batch.rollback(row_of[i], request.length)
+            while not isinstance(request, FeedRequest | BranchFeed):
+                if isinstance(request, Rollback):
+                    branch = -1 if request.branch is None else request.branch
+                    batch.rollback(row(i, branch), request.length)
+                elif isinstance(request, Fork):
+                    new_rows = batch.fork(row(i), request.count, request.length)
+                    owners.extend((i, b) for b in range(len(new_rows)))
+                else:  # Join
+                    if request.keep is not None:
+                        batch.adopt_row(row(i), row(i, request.keep))
+                    keep_rows([r for r, (s, b) in enumerate(owners) if s != i or b < 0])
                 request = sequences[i].send(None)
             pending[i] = request
         except StopIteration as stop:
@@ -82,18 +103,31 @@ def run_batched(
                 advance(i, None)
             yield from outbox.drain()
             while pending:
-                active = sorted(pending)
-                if len(active) < len(batch.rows):
-                    batch.drop_rows([row_of[i] for i in active])
-                    for new_row, i in enumerate(active):
-                        row_of[i] = new_row
-                requests = {row_of[i]: pending[i] for i in active}
-                logits = batch.step(requests)
+                keep_rows([r for r, (s, _) in enumerate(owners) if s in pending])  # finished sequences leave
+                feeds: dict[int, FeedRequest] = {}
+                for i, request in pending.items():
+                    if isinstance(request, FeedRequest):
+                        feeds[row(i)] = request
+                    else:
+                        feeds.update((row(i, b), r) for b, r in enumerate(request.requests) if r is not None)
+                started = time.perf_counter()
+                logits = batch.step(feeds)
+                elapsed = time.perf_counter() - started
+                # Every answer is taken before any sequence advances: a fork or join moves rows.
+                answers: dict[int, Answer] = {}
+                for i, request in pending.items():
+                    count = counts[i]
+                    count.seconds += elapsed
+                    count.forward_passes += 1
+                    if isinstance(request, FeedRequest):
+                        count.tokens_processed += len(request.tokens)
+                        answers[i] = logits[row(i)]
+                    else:
+                        count.tokens_processed += sum(len(r.tokens) for r in request.requests if r is not None)
+                        answers[i] = [logits.get(row(i, b)) for b in range(len(request.requests))]
                 pending.clear()
-                for i in active:
-                    counts[i].forward_passes += 1
-                    counts[i].tokens_processed += len(requests[row_of[i]].tokens)
-                    advance(i, logits[row_of[i]])
+                for i in sorted(answers):
+                    advance(i, answers[i])
                 yield from outbox.drain()
     finally:
         for s in sequences:

@@ -14,7 +14,7 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from ._batch import FeedRequest, Rollback
+from ._batch import Answer, FeedRequest, Request, Rollback, feed
 from .config import GGROConfig
 from .constraints import Constraint
 from .detokenize import StreamedText
@@ -27,7 +27,7 @@ from .segments import common_prefix_length
 
 __all__ = ["run_sequence"]
 
-_Feeds = Generator[FeedRequest | Rollback, torch.Tensor | None, torch.Tensor]
+_Feeds = Generator[Request, Answer, torch.Tensor]
 
 
 class _Accepted(NamedTuple):
@@ -56,13 +56,16 @@ def run_sequence(
     seq = _Sequence(parts, index, prompt_ids, context, cfg, started, constraint)
     next_logits = yield from seq.open()
     while True:
-        plan = SegmentPlan(start=len(seq.ids), offset=seq.next_offset(), start_logits=next_logits)
+        plan = SegmentPlan(
+            start=len(seq.ids), offset=seq.next_offset(), start_logits=next_logits, context_states=seq.states
+        )
         failed_before = seq.guard.broken
         outcome = yield from seq.refiner.refine(plan, seq.ids, seq.steps())
         segment_error = str(seq.guard.error) if seq.guard.broken and not failed_before else None
         accepted = seq.accept(plan.candidates[outcome.kept_index])
         if not accepted.done:
             next_logits = yield from seq.resync(plan, accepted)
+            seq.extend_states(plan, accepted.kept)
         seq.ids = accepted.new_ids
         for event in seq.report(plan, outcome, accepted, segment_error):
             emit(event)
@@ -112,15 +115,25 @@ class _Sequence:
         self.finish: Literal["stop", "length", "stop_sequence"] = "length"
         self.streamed = StreamedText()
         self.final_reward: float | None = None
+        self.states: torch.Tensor | None = None
+        """Under a fused reward: the policy's final hidden states of ``ids``."""
 
     # ------------------------------------------------------------------ the policy
     def open(self) -> _Feeds:
         """Prefill the prompt; returns the logits the first segment starts from."""
         if self.cfg.retokenize_between_segments:
             self.ids = self.parts.text.retokenize(self.ids)
-        out = yield FeedRequest(self.ids)
-        assert out is not None
+        request = FeedRequest(self.ids, hidden=self.refiner.fused)
+        out = yield from feed(request)
+        self.states = request.states
         return out[-1]
+
+    def extend_states(self, plan: SegmentPlan, kept: Candidate) -> None:
+        """The context's states once ``kept`` is appended (its states were read while it was decoded)."""
+        if self.refiner.fused:
+            assert plan.context_states is not None and kept.states is not None
+            assert kept.states.shape[0] == len(kept.tokens), "a continued segment has every token fed"
+            self.states = torch.cat([plan.context_states, kept.states])
 
     def next_offset(self) -> int:
         return self.cfg.first_insertion_offset if not self.segments else 0
@@ -153,8 +166,7 @@ class _Sequence:
         if common < len(new_ids) or kept.tail_logits is None or not accepted.unchanged:
             common = min(common, len(new_ids) - 1)  # re-feed at least one token to get its logits
             yield Rollback(common)
-            out = yield FeedRequest(new_ids[common:])
-            assert out is not None
+            out = yield from feed(FeedRequest(new_ids[common:]))
             next_logits = out[-1]
         if accepted.unchanged and kept.tail_logits is not None:
             next_logits = kept.tail_logits  # the logits the candidate itself ended on
@@ -204,6 +216,7 @@ class _Sequence:
             nudged=kept_index > 0,
             stopped_on_repeat=outcome.stopped_on_repeat,
             reward_fallback=outcome.fallback,
+            stopped_early=outcome.stopped_early,
             reward_error=error,
             finished=accepted.done,
         )
@@ -277,6 +290,9 @@ class _Sequence:
                 seconds=time.perf_counter() - self.started,
                 first_segment_seconds=self.first_segment_time,
                 constraint_seconds=self.constraint.seconds if self.constraint is not None else None,
+                policy_seconds=count.seconds,
+                reward_seconds=self.guard.seconds,
+                reward_backward_seconds=self.session.backward_seconds,
             ),
             reward_error=str(self.guard.error) if self.guard.error is not None else None,
         )

@@ -7,6 +7,7 @@ and how to turn its output over the fed positions into a reward.
 
 from __future__ import annotations
 
+import time
 from abc import abstractmethod
 from collections.abc import Sequence
 from typing import Any
@@ -30,6 +31,7 @@ class CausalPrefixSession(RewardSession):
         self.cached_ids: list[int] = []
         self.calls = 0
         self.tokens_processed = 0
+        self.backward_seconds = 0.0
 
     # -- what a subclass provides
     @abstractmethod
@@ -129,8 +131,10 @@ class CausalPrefixSession(RewardSession):
             reward = float(reward_t[0].detach().float())
             gradient = None
             if leaf is not None and torch.isfinite(reward_t).all():
+                started = time.perf_counter()
                 (gradient,) = torch.autograd.grad(reward_t[0], leaf)
                 gradient = gradient.detach().float()
+                self.backward_seconds = (self.backward_seconds or 0.0) + time.perf_counter() - started
         return SegmentScore(reward=reward, gradient=gradient)
 
     def score_sequence(self, ids: Sequence[int]) -> float:

@@ -57,6 +57,8 @@ class RewardSession(ABC):
 
     calls: int = 0
     tokens_processed: int = 0
+    backward_seconds: float | None = None
+    """Seconds of the backward passes that gave gradients (None: this session does not measure them)."""
 
     @abstractmethod
     def score_segment(
@@ -110,6 +112,18 @@ class RewardModel(ABC):
 
     def check_vocabulary(self, policy_vocab_size: int) -> None:  # noqa: B027 - optional hook
         """Raise ValueError when the reward cannot read the policy's token ids."""
+
+    def reads_policy_states(self, policy: Any) -> bool:
+        """Whether this reward is a function of ``policy``'s own final hidden states (a head on the policy's
+        transformer). The decoder then reads candidates' rewards with :meth:`reward_from_states` from the states
+        it computed while decoding them, instead of a second forward pass."""
+        return False
+
+    def reward_from_states(self, ids: Sequence[int], states: torch.Tensor) -> float | None:
+        """The reward of ``ids`` from the policy's final hidden states of its first ``len(states)`` positions
+        (float32 [n, hidden], n <= len(ids)); None when it needs a state it was not given (the decoder then
+        feeds the rest and asks again). Only called when :meth:`reads_policy_states` said yes."""
+        raise NotImplementedError(f"reward model {self.name!r} does not read the policy's states")
 
 
 class TokenEmbeddingReward(RewardModel):

@@ -9,6 +9,7 @@ touches nothing the decoder still reads.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -31,6 +32,8 @@ class RewardGuard:
         self.timeout = timeout
         self.fallback = fallback
         self.error: RewardError | None = None
+        self.seconds = 0.0
+        """Seconds spent in the calls made through this guard."""
 
     @property
     def broken(self) -> bool:
@@ -49,6 +52,7 @@ class RewardGuard:
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         if self.broken:
             raise RuntimeError("RewardGuard: the session failed before; it must not be used again")
+        started = time.perf_counter()
         try:
             return fn(*args) if self.timeout is None else self._call_with_timeout(fn, *args)
         except RewardError as error:
@@ -57,6 +61,8 @@ class RewardGuard:
         except Exception as error:  # the RM is user code: name it, keep the original as the cause
             self.error = RewardError(f"reward model {self.name!r} failed: {type(error).__name__}: {error}")
             raise self.error from error
+        finally:
+            self.seconds += time.perf_counter() - started
 
     def _call_with_timeout(self, fn: Callable[..., T], *args: Any) -> T:
         outcome: list[Any] = []

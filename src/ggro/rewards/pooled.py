@@ -80,6 +80,19 @@ class MeanPooledHeadReward(TokenEmbeddingReward):
     def open_session(self, context: RewardContext | None = None) -> RewardSession:
         return _PooledSession(self)
 
+    def reads_policy_states(self, policy: Any) -> bool:
+        # The head reads the final hidden states of its backbone; when that backbone is the policy's own
+        # transformer, the policy computed them already while decoding.
+        get_decoder = getattr(policy, "get_decoder", None)
+        return callable(get_decoder) and get_decoder() is self.backbone
+
+    def reward_from_states(self, ids: Sequence[int], states: torch.Tensor) -> float | None:
+        pool = self.pooling_mask(ids)
+        given = states.shape[0]
+        if bool(pool[given:].any()):
+            return None
+        return float(self.head(pool[:given] @ states.to(self.weight.device).float(), float(pool.sum()))[0])
+
     def _hidden(self, **kwargs: Any) -> torch.Tensor:
         try:
             out = self.backbone(**kwargs)

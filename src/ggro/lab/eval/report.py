@@ -18,7 +18,7 @@ from typing import Any
 
 from ...config import GGROConfig
 from .metrics import coverage_at_k, distinct_n, is_refusal
-from .runner import best_of_n_size, ggro_variant
+from .runner import best_of_n_size, ggro_speed_variant, ggro_variant
 
 __all__ = [
     "PAIRS",
@@ -227,8 +227,10 @@ def _paired_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         "|---|---|---|---|---|",
     ]
     found = False
+    # Each speed variant of GGRO (parallel refinement, early exit) against sequential GGRO.
+    speed = [(m, "ggro") for m in dict.fromkeys(r["method"] for r in rows) if ggro_speed_variant(m) is not None]
     for set_name in dict.fromkeys(r["set"] for r in rows):
-        for method, baseline in PAIRS:
+        for method, baseline in [*PAIRS, *speed]:
             gold = paired_difference(rows, set_name, method, baseline)
             if gold is None:
                 continue

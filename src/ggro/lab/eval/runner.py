@@ -24,6 +24,7 @@ __all__ = [
     "Judge",
     "Method",
     "best_of_n_size",
+    "ggro_speed_variant",
     "ggro_variant",
     "model_identity",
     "parse_method",
@@ -47,9 +48,9 @@ class Method:
     batched: bool = True
 
 
-def _ggro(refinement_steps: int, entropy_threshold: float | None) -> RunBatch:
+def _ggro(refinement_steps: int, entropy_threshold: float | None, **speed: Any) -> RunBatch:
     def run(decoder: GGRODecoder, prompts: list[str], max_new_tokens: int, seed: int) -> list[MethodOutput]:
-        options: dict[str, Any] = {"refinement_steps": refinement_steps, "seed": seed}
+        options: dict[str, Any] = {"refinement_steps": refinement_steps, "seed": seed, **speed}
         if entropy_threshold is not None:
             options["entropy_threshold"] = entropy_threshold
         started = time.perf_counter()
@@ -87,6 +88,21 @@ def ggro_variant(name: str) -> tuple[int, float | None] | None:
     return steps, float(match.group(2)) if match.group(2) else None
 
 
+def ggro_speed_variant(name: str) -> dict[str, Any] | None:
+    """The speed options of a GGRO method name (default steps and threshold): ``ggro-parallel``
+    (``refinement="parallel"``), ``ggro-xG`` (``early_exit_gain=G``) or ``ggro-parallel-xG``. None for any
+    other name."""
+    match = re.fullmatch(r"ggro(-parallel)?(?:-x([\d.]+))?", name)
+    if not match or not (match.group(1) or match.group(2)):
+        return None
+    options: dict[str, Any] = {}
+    if match.group(1):
+        options["refinement"] = "parallel"
+    if match.group(2):
+        options["early_exit_gain"] = float(match.group(2))
+    return options
+
+
 def parse_method(name: str) -> Method:
     """The method a name stands for (see the module docstring); a clear error for anything else."""
     if name == "greedy":
@@ -100,8 +116,11 @@ def parse_method(name: str) -> Method:
         return Method(name, lambda d, ps, m, s: [args_decode(d, p, m, k=k, w=w) for p in ps], batched=False)
     if (variant := ggro_variant(name)) is not None:
         return Method(name, _ggro(*variant))
+    if (speed := ggro_speed_variant(name)) is not None:
+        return Method(name, _ggro(GGROConfig.model_fields["refinement_steps"].default, None, **speed))
     raise ValueError(
-        f"method: unknown {name!r}; allowed: 'greedy', 'bon-N', 'args' or 'args-kK-wW', 'ggro', 'ggro-rR', 'ggro-rR-tT'"
+        f"method: unknown {name!r}; allowed: 'greedy', 'bon-N', 'args' or 'args-kK-wW', 'ggro', 'ggro-rR', "
+        "'ggro-rR-tT', 'ggro-parallel', 'ggro-xG', 'ggro-parallel-xG'"
     )
 
 
