@@ -234,11 +234,9 @@ class SegmentRefiner:
         branches = [_Branch(list(head), plan.insertion_logits, token, fed=len(head)) for token in tokens]
         for branch in branches:
             self._branch_step(plan, ids, branch, head_states)
-        stops = self.cfg.stop_sequences
         while any(b.feed for b in branches):
             requests = [
-                FeedRequest(b.feed, all_logits=len(b.feed) > 1, hidden=self.fused) if b.feed else None
-                for b in branches
+                FeedRequest(b.feed, all_logits=len(b.feed) > 1, hidden=self.fused) if b.feed else None for b in branches
             ]
             outs = yield from feed_branches(requests)
             rollbacks = []
@@ -247,15 +245,9 @@ class SegmentRefiner:
                     continue
                 assert out is not None
                 guess = request.tokens[1:]  # speculated from the draft; the longest agreeing run is kept
-                accepted = 0
-                while branch.done is None and accepted < len(guess):
-                    nxt, nxt_end, _ = self._decide(plan, ids, branch.gen, out[accepted], branch.forced)
-                    if nxt_end is not None or nxt != guess[accepted]:
-                        break
-                    branch.gen.append(nxt)
-                    accepted += 1
-                    if stops and self.parts.text.hits_stop(ids[-8:] + branch.gen, stops):
-                        branch.done = Candidate(branch.gen, "stop_sequence", None, None, branch.forced)
+                accepted, stopped = self._accept_guess(plan, ids, branch.gen, out, guess, branch.forced)
+                if stopped:
+                    branch.done = Candidate(branch.gen, "stop_sequence", None, None, branch.forced)
                 if request.states is not None:
                     branch.states.append(request.states[: 1 + accepted])
                 branch.fed += 1 + accepted
@@ -478,23 +470,32 @@ class SegmentRefiner:
             draft = _speculation(gen, previous, plan, self.budget_end) if self.cfg.speculative_refinement else []
             request = FeedRequest([tok, *draft], all_logits=bool(draft), hidden=self.fused)
             out = yield from feed(request)
-            logits = out[0]
-            accepted = 0
-            while accepted < len(draft):
-                nxt, nxt_end, _ = self._decide(plan, ids, gen, logits, forced)
-                if nxt_end is not None or nxt != draft[accepted]:
-                    break
-                gen.append(nxt)
-                accepted += 1
-                logits = out[accepted]
-                if stops and self.parts.text.hits_stop(tail_text_ids + gen, stops):
-                    break
+            accepted, stopped = self._accept_guess(plan, ids, gen, out, draft, forced)
+            logits = out[accepted]
             if request.states is not None:
                 states.append(request.states[: 1 + accepted])
             if accepted < len(draft):
                 yield Rollback(plan.start + len(gen))
-            if stops and accepted and self.parts.text.hits_stop(tail_text_ids + gen, stops):
+            if stopped:
                 return done("stop_sequence", None, None)
+
+    def _accept_guess(
+        self, plan: SegmentPlan, ids: list[int], gen: list[int], out: torch.Tensor, guess: list[int], forced: int | None
+    ) -> tuple[int, bool]:
+        """Append to ``gen`` the longest run of the speculated ``guess`` that greedy decoding agrees with
+        (``out[j]``: the logits before ``guess[j]``, from the pass that fed the token before it and the guess).
+        Returns how many were accepted and whether a stop sequence ended the run."""
+        stops = self.cfg.stop_sequences
+        accepted = 0
+        while accepted < len(guess):
+            nxt, nxt_end, _ = self._decide(plan, ids, gen, out[accepted], forced)
+            if nxt_end is not None or nxt != guess[accepted]:
+                break
+            gen.append(nxt)
+            accepted += 1
+            if stops and self.parts.text.hits_stop(ids[-8:] + gen, stops):
+                return accepted, True
+        return accepted, False
 
     def _decide(
         self, plan: SegmentPlan, ids: list[int], gen: list[int], logits: torch.Tensor, forced: int | None
