@@ -98,9 +98,10 @@ def test_gradient_is_concatenated_and_candidate_scores_are_weighted() -> None:
         composite.candidate_scores(got.gradient[:100], tokens)
 
 
-def test_decoder_runs_with_a_differentiable_composite() -> None:
+@pytest.mark.parametrize("refinement", ["sequential", "parallel"])
+def test_decoder_runs_with_a_differentiable_composite(refinement: str) -> None:
     composite = _composite()
-    cfg = GGROConfig(entropy_threshold=0.5, max_new_tokens=16)
+    cfg = GGROConfig(entropy_threshold=0.5, max_new_tokens=16, refinement=refinement)
     (result,) = GGRODecoder(tiny_llama(), TOK, composite, cfg).generate_ids([PROMPT])
     assert result.segments and any(len(s.candidate_rewards) > 1 for s in result.segments)
     assert result.final_reward is not None and math.isfinite(result.final_reward)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,20 @@ def test_a_file_of_other_ggro_options_is_refused(tmp_path: Path) -> None:
     before = out.read_bytes()
     other = GGRODecoder(decoder.policy, decoder.tokenizer, decoder.reward, GGROConfig(nudge_top_k=5))
     assert model_identity(other)["ggro_options"] == {"nudge_top_k": 5}
-    with pytest.raises(ValueError, match=r"GGRO options there: None, here: \{'nudge_top_k': 5\}"):
+    with pytest.raises(
+        ValueError,
+        match=r"GGRO options there: None with refinement 'parallel', here: \{'nudge_top_k': 5\} with refinement",
+    ):
         run_eval(other, PROMPTS, ["ggro"], {"harmful": _judge}, out, max_new_tokens=4, limit=2, progress=False)
     assert out.read_bytes() == before
+
+
+def test_rows_of_the_old_sequential_default_are_not_mixed_with_the_new_one(tmp_path: Path) -> None:
+    decoder = tiny_decoder()
+    out = tmp_path / "eval.jsonl"
+    run_eval(decoder, PROMPTS, ["ggro"], {"harmful": _judge}, out, max_new_tokens=4, limit=1, progress=False)
+    # Rows written before the default became parallel have no `ggro_refinement`: their `ggro` was sequential.
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    out.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "ggro_refinement"}) + "\n" for r in rows))
+    with pytest.raises(ValueError, match=r"refinement None, here: None with refinement 'parallel'"):
+        run_eval(decoder, PROMPTS, ["ggro"], {"harmful": _judge}, out, max_new_tokens=4, limit=2, progress=False)

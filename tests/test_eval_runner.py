@@ -133,7 +133,9 @@ def test_speed_variant_names_spell_their_options() -> None:
     from ggro.lab.eval import runner
 
     assert runner.ggro_speed_variant("ggro-parallel") == {"refinement": "parallel"}
+    assert runner.ggro_speed_variant("ggro-sequential") == {"refinement": "sequential"}
     assert runner.ggro_speed_variant("ggro-x0.02") == {"early_exit_gain": 0.02}
     assert runner.ggro_speed_variant("ggro-parallel-x0.5") == {"refinement": "parallel", "early_exit_gain": 0.5}
-    assert [runner.ggro_speed_variant(n) for n in ("ggro", "ggro-r3", "ggro-x", "ggro-x0.1-parallel")] == [None] * 4
+    others = ("ggro", "ggro-r3", "ggro-x", "ggro-x0.1-parallel", "ggroparallel")
+    assert [runner.ggro_speed_variant(n) for n in others] == [None] * len(others)
     assert runner.parse_method("ggro-parallel-x0.5").name == "ggro-parallel-x0.5"

@@ -101,7 +101,7 @@ def test_parallel_refinement_decodes_one_batch_as_it_decodes_one_prompt() -> Non
     alone = [decoder.generate_ids([p])[0] for p in PROMPTS]
     assert _tokens(batched) == _tokens(alone)
     # One gradient per segment at most: reward calls stay below sequential refinement's.
-    sequential = _decoder().generate_ids(PROMPTS)
+    sequential = _decoder(refinement="sequential").generate_ids(PROMPTS)
     assert sum(r.usage.reward_calls for r in batched) < sum(r.usage.reward_calls for r in sequential)
 
 

@@ -85,12 +85,13 @@ class GGROOptions(BaseModel):
         default=None, ge=0, description="Upper bound on nudged segments per response (None: unbounded)."
     )
     refinement: Literal["sequential", "parallel"] = Field(
-        default="sequential",
-        description="'sequential' (paper): each refinement is nudged by the gradient of the candidate before it. "
-        "'parallel' (beyond the paper): one gradient from the draft ranks the top-k, and the draft's best "
-        "refinement_steps - 1 alternatives with a predicted gain are decoded together as one batch over the "
-        "shared prefix; the best-rewarded candidate is kept. One gradient per segment instead of up to "
-        "refinement_steps - 1.",
+        default="parallel",
+        description="'parallel' (default, beyond the paper): one gradient from the draft ranks the top-k, and the "
+        "draft's best refinement_steps - 1 alternatives with a predicted gain are decoded together as one batch "
+        "over the shared prefix; the best-rewarded candidate is kept. One gradient per segment instead of up to "
+        "refinement_steps - 1; it matched 'sequential' on guidance and gold (docs/evaluation.md#speed-options). "
+        "'sequential' (paper, the reference preset): each refinement is nudged by the gradient of the candidate "
+        "before it.",
     )
     early_exit_gain: float | None = Field(
         default=None,
@@ -181,12 +182,13 @@ class GGROConfig(GGROOptions):
     @classmethod
     def reference(cls, **overrides: object) -> GGROConfig:
         """The authors' release, quirks included: text round trip between segments, reward of a finished
-        response read before its end-of-turn token, first insertion offset 4."""
+        response read before its end-of-turn token, first insertion offset 4, and the paper's sequential refinement."""
         values: dict[str, object] = {
             "retokenize_between_segments": True,
             "final_reward_before_eos": True,
             "first_insertion_offset": 4,
             "nudge_score_baseline": "zero",
+            "refinement": "sequential",
         }
         values.update(overrides)
         return cls.model_validate(values)

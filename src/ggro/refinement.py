@@ -301,14 +301,14 @@ class SegmentRefiner:
                 if (yield from self._score(plan, cand, ids, None)) is None and self.guard.broken:
                     return False
             return True
-        values = self.guard.attempt(self.session.score_continuations, ids, [c.tokens for c in branches])
-        if values is None:
+        scores = self.guard.attempt(self.session.score_continuation_segments, ids, [c.tokens for c in branches])
+        if scores is None:
             return False
-        for cand, value in zip(branches, values, strict=True):
-            cand.reward = value
-            if not finite(value) and self.cfg.nonfinite_reward == "raise":
+        for cand, score in zip(branches, scores, strict=True):
+            cand.reward, cand.reward_terms = score.reward, score.terms
+            if not finite(score.reward) and self.cfg.nonfinite_reward == "raise":
                 raise RewardError(
-                    f"reward model {self.reward.name!r} returned a non-finite reward ({value}) for a candidate"
+                    f"reward model {self.reward.name!r} returned a non-finite reward ({score.reward}) for a candidate"
                 )
         return True
 

@@ -7,7 +7,9 @@ Every method runs in one process on the same prompts, each timed ``runs`` times 
   ``GGRODecoder.from_pretrained(policy, reward)`` and the configuration given (defaults plus overrides).
 - ``ggro-unfused``: the same with ``fused_reward=False`` (the reward's own forward pass).
 - ``ggro-batch``: the same prompts as one ``generate_ids`` batch.
-- ``ggro-parallel``: one at a time with ``refinement="parallel"``.
+- ``ggro-parallel``: one at a time with ``refinement="parallel"`` (the default since it matched sequential
+  refinement on the evaluation; kept as an explicit name); ``ggro-sequential``: with ``refinement="sequential"``
+  (the paper's order, the default before).
 - ``ggro-fast``: one at a time with ``refinement="parallel"`` and ``early_exit_gain=FAST_EARLY_EXIT_GAIN``;
   ``ggro-fast-batch``: that configuration with all prompts as one batch.
 - ``reference``: GGRO with ``GGROConfig.reference()`` and the reference reward (the SmolLM2 backbone with
@@ -80,6 +82,7 @@ METHODS = (
     "ggro-unfused",
     "ggro-batch",
     "ggro-parallel",
+    "ggro-sequential",
     "ggro-fast",
     "ggro-fast-batch",
     "reference",
@@ -97,7 +100,16 @@ IDENTITY_PAIRS = (
 
 _REFERENCE_METHODS = ("reference", "release-structure")
 _BATCHED = ("ggro-batch", "ggro-fast-batch")
-_PROFILED = ("ggro", "ggro-unfused", "ggro-batch", "ggro-parallel", "ggro-fast", "ggro-fast-batch", "reference")
+_PROFILED = (
+    "ggro",
+    "ggro-unfused",
+    "ggro-batch",
+    "ggro-parallel",
+    "ggro-sequential",
+    "ggro-fast",
+    "ggro-fast-batch",
+    "reference",
+)
 
 
 def method_options(name: str) -> dict[str, Any]:
@@ -106,6 +118,7 @@ def method_options(name: str) -> dict[str, Any]:
     options: dict[str, dict[str, Any]] = {
         "ggro-unfused": {"fused_reward": False},
         "ggro-parallel": {"refinement": "parallel"},
+        "ggro-sequential": {"refinement": "sequential"},
         "ggro-fast": fast,
         "ggro-fast-batch": fast,
     }

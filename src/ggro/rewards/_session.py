@@ -55,8 +55,9 @@ class CausalPrefixSession(RewardSession):
         """Whether :meth:`_continuation_rewards` can score these continuations (checked before the call)."""
         return type(self)._continuation_rewards is not CausalPrefixSession._continuation_rewards
 
-    def _prefix_extended(self, output: Any, start: int) -> None:
-        """The cache grew by a call whose first fed position is ``start`` (pooled rewards keep its states)."""
+    def _prefix_extended(self, output: Any, start: int, count: int) -> None:
+        """The cache grew by the first ``count`` positions a call fed from ``start`` (pooled rewards keep their
+        states)."""
 
     def _prefix_cropped(self, length: int) -> None:
         """The cache was rolled back to ``length`` positions."""
@@ -86,8 +87,8 @@ class CausalPrefixSession(RewardSession):
         except Exception as exc:  # the RM is user code: report it with its name, keep the original
             raise RewardError(f"reward model {self.name!r} failed: {exc}") from exc
 
-    def _sync_prefix(self, prefix_ids: Sequence[int]) -> None:
-        """Make the cache hold exactly ``prefix_ids`` (roll back to the common part, extend the rest)."""
+    def _rollback(self, prefix_ids: Sequence[int]) -> int:
+        """Cut the cache back to its longest common prefix with ``prefix_ids``; returns that length."""
         keep = common_prefix_length(self.cached_ids, prefix_ids)
         if self.cache is None:
             self.cache = new_cache(self.model)
@@ -95,14 +96,29 @@ class CausalPrefixSession(RewardSession):
         elif keep < len(self.cached_ids):
             crop_to(self.cache, keep)
         self._prefix_cropped(keep)
-        missing = list(prefix_ids[keep:])
         self.cached_ids = list(prefix_ids[:keep])
+        return keep
+
+    def _sync_prefix(self, prefix_ids: Sequence[int]) -> None:
+        """Make the cache hold exactly ``prefix_ids`` (roll back to the common part, extend the rest)."""
+        keep = self._rollback(prefix_ids)
+        missing = list(prefix_ids[keep:])
         if missing:
             with torch.no_grad():
-                output = self._forward(self.embed(missing), self.cache, keep)
+                output = self._forward_or_reset(self.embed(missing), keep)
             self.cache = output_cache(output)
-            self._prefix_extended(output, keep)
+            self._prefix_extended(output, keep, len(missing))
             self.cached_ids = list(prefix_ids)
+
+    def _forward_or_reset(self, embeds: torch.Tensor, past: int) -> Any:
+        """:meth:`_forward` on the cache; a failed call may have extended some layers' caches, so the session
+        forgets its cache then (the next call re-feeds the prefix)."""
+        try:
+            return self._forward(embeds, self.cache, past)
+        except BaseException:
+            self.cache, self.cached_ids = None, []
+            self._prefix_cropped(0)
+            raise
 
     def score_segment(
         self, prefix_ids: Sequence[int], segment_ids: Sequence[int], grad_position: int | None
@@ -111,8 +127,10 @@ class CausalPrefixSession(RewardSession):
             raise ValueError("score_segment: empty segment")
         use_cache = self.use_prefix_cache and len(prefix_ids) > 0
         if use_cache:
-            self._sync_prefix(prefix_ids)
-            feed, start = list(segment_ids), len(prefix_ids)
+            # The part of the prefix the cache lacks (the segment accepted last) is fed in the same pass as the
+            # candidate: one forward per segment instead of two.
+            start = self._rollback(prefix_ids)
+            feed = [*prefix_ids[start:], *segment_ids]
         else:
             feed, start = list(prefix_ids) + list(segment_ids), 0
         with torch.no_grad():
@@ -124,9 +142,15 @@ class CausalPrefixSession(RewardSession):
             leaf = embeds[0, at].detach().clone().requires_grad_(True)
             embeds = torch.cat([embeds[:, :at], leaf[None, None], embeds[:, at + 1 :]], dim=1)
         with torch.enable_grad() if leaf is not None else torch.no_grad():
-            output = self._forward(embeds, self.cache if use_cache else None, start)
             if use_cache:
+                output = self._forward_or_reset(embeds, start)
+                self.cache = output_cache(output) or self.cache
                 crop_detached(self.cache, len(prefix_ids))  # drop the candidate's KV; the prefix stays
+                if len(prefix_ids) > start:
+                    self._prefix_extended(output, start, len(prefix_ids) - start)
+                self.cached_ids = list(prefix_ids)
+            else:
+                output = self._forward(embeds, None, start)
             reward_t = self._checked(self._reward(output, [*prefix_ids, *segment_ids], start))
             reward = float(reward_t[0].detach().float())
             gradient = None

@@ -82,6 +82,13 @@ class RewardSession(ABC):
         score them in one batched pass over the continuations only."""
         return [self.score_sequence([*prefix_ids, *c]) for c in continuations]
 
+    def score_continuation_segments(
+        self, prefix_ids: Sequence[int], continuations: Sequence[Sequence[int]]
+    ) -> list[SegmentScore]:
+        """:meth:`score_continuations` as scores without gradient; a reward made of terms also reports each
+        term's value (parallel refinement scores its branches this way)."""
+        return [SegmentScore(reward=v, gradient=None) for v in self.score_continuations(prefix_ids, continuations)]
+
 
 class RewardModel(ABC):
     """A reward over the policy's token sequences.

@@ -205,3 +205,20 @@ class _CompositeSession(RewardSession):
         raw = self._each("score_many", sequences)
         per_term = [self.rm._checked_scores(i, r, len(sequences)) for i, r in enumerate(raw)]
         return [self.rm._weighted(column) for column in zip(*per_term, strict=True)]
+
+    def score_continuations(self, prefix_ids: Sequence[int], continuations: Sequence[Sequence[int]]) -> list[float]:
+        return [s.reward for s in self.score_continuation_segments(prefix_ids, continuations)]
+
+    def score_continuation_segments(
+        self, prefix_ids: Sequence[int], continuations: Sequence[Sequence[int]]
+    ) -> list[SegmentScore]:
+        if not continuations:
+            return []
+        raw = self._each("score_continuations", prefix_ids, continuations)
+        per_term = [self.rm._checked_scores(i, r, len(continuations)) for i, r in enumerate(raw)]
+        return [
+            SegmentScore(
+                reward=self.rm._weighted(column), gradient=None, terms=dict(zip(self.rm.names, column, strict=True))
+            )
+            for column in zip(*per_term, strict=True)
+        ]

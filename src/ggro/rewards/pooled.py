@@ -144,8 +144,8 @@ class _PooledSession(CausalPrefixSession):
     def _call(self, embeds: torch.Tensor, cache: Any, past: int, **extra: Any) -> Any:
         return self._call_model(embeds, cache, past, **extra)
 
-    def _prefix_extended(self, output: Any, start: int) -> None:
-        fed = output.last_hidden_state[0].detach().float()
+    def _prefix_extended(self, output: Any, start: int, count: int) -> None:
+        fed = output.last_hidden_state[0, :count].detach().float()
         self.prefix_hidden = torch.cat([self.prefix_hidden[:start], fed])
 
     def _prefix_cropped(self, length: int) -> None:

@@ -89,15 +89,15 @@ def ggro_variant(name: str) -> tuple[int, float | None] | None:
 
 
 def ggro_speed_variant(name: str) -> dict[str, Any] | None:
-    """The speed options of a GGRO method name (default steps and threshold): ``ggro-parallel``
-    (``refinement="parallel"``), ``ggro-xG`` (``early_exit_gain=G``) or ``ggro-parallel-xG``. None for any
-    other name."""
-    match = re.fullmatch(r"ggro(-parallel)?(?:-x([\d.]+))?", name)
+    """The speed options of a GGRO method name (default steps and threshold): ``ggro-parallel`` or
+    ``ggro-sequential`` (that ``refinement``), ``ggro-xG`` (``early_exit_gain=G``), or both
+    (``ggro-parallel-xG``). None for any other name."""
+    match = re.fullmatch(r"ggro(?:-(parallel|sequential))?(?:-x([\d.]+))?", name)
     if not match or not (match.group(1) or match.group(2)):
         return None
     options: dict[str, Any] = {}
     if match.group(1):
-        options["refinement"] = "parallel"
+        options["refinement"] = match.group(1)
     if match.group(2):
         options["early_exit_gain"] = float(match.group(2))
     return options
@@ -120,7 +120,7 @@ def parse_method(name: str) -> Method:
         return Method(name, _ggro(GGROConfig.model_fields["refinement_steps"].default, None, **speed))
     raise ValueError(
         f"method: unknown {name!r}; allowed: 'greedy', 'bon-N', 'args' or 'args-kK-wW', 'ggro', 'ggro-rR', "
-        "'ggro-rR-tT', 'ggro-parallel', 'ggro-xG', 'ggro-parallel-xG'"
+        "'ggro-rR-tT', 'ggro-parallel', 'ggro-sequential', 'ggro-xG', 'ggro-parallel-xG'"
     )
 
 
@@ -144,8 +144,9 @@ on their own; the decoder's other options are part of the rows' identity."""
 
 def model_identity(decoder: GGRODecoder) -> dict[str, Any]:
     """The policy, guidance reward and GGRO options every row records (``ggro_options``: the decoder's options
-    that differ from the default preset, None when none do). A local policy is named by its folder, so a
-    results file made on one machine resumes on another."""
+    that differ from the default preset, None when none do; ``ggro_refinement``: the refinement order that
+    ``ggro`` means, recorded on its own because the default changed from sequential to parallel). A local
+    policy is named by its folder, so a results file made on one machine resumes on another."""
     name = str(decoder.policy.name_or_path)
     default = GGROConfig().model_dump()
     changed = {
@@ -157,6 +158,7 @@ def model_identity(decoder: GGRODecoder) -> dict[str, Any]:
         "policy": Path(name).name if Path(name).is_absolute() else name,
         "reward": decoder.reward.name,
         "ggro_options": changed or None,
+        "ggro_refinement": decoder.config.refinement,
     }
 
 
@@ -192,7 +194,8 @@ def run_eval(
         raise ValueError(
             f"out: {out} holds rows made with policy {other.get('policy')!r} and reward {other.get('reward')!r}, "
             f"not {identity['policy']!r} and {identity['reward']!r} (GGRO options there: "
-            f"{other.get('ggro_options')!r}, here: {identity['ggro_options']!r}); write to another file "
+            f"{other.get('ggro_options')!r} with refinement {other.get('ggro_refinement')!r}, here: "
+            f"{identity['ggro_options']!r} with refinement {identity['ggro_refinement']!r}); write to another file "
             "(ggro eval --out-dir)"
         )
     done = {(r["set"], r["index"], r["method"], r["seed"], r["max_new_tokens"]) for r in existing}
