@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml $(addsuffix /pyproject.toml,$(INTEGRATIONS)) 
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_PIN)"
-	$(PY) -m pip install --quiet -e ".[dev,eval]" $(foreach pkg,$(INTEGRATIONS),-e "$(pkg)[test]") -r cookbooks/requirements.txt
+	$(PY) -m pip install --quiet -e ".[dev,eval,ray]" $(foreach pkg,$(INTEGRATIONS),-e "$(pkg)[test]") -r cookbooks/requirements.txt
 	touch $@
 
 install: $(VENV)/.installed

@@ -11,7 +11,7 @@ from ggro import GGROConfig
 from ggro.cli import build_parser
 from ggro.lab.eval.runner import PER_METHOD_OPTIONS
 
-CONFIG_COMMANDS = {"generate": (), "demo": (), "compare": (), "eval": PER_METHOD_OPTIONS, "bench": ()}
+CONFIG_COMMANDS = {"generate": (), "align": (), "demo": (), "compare": (), "eval": PER_METHOD_OPTIONS, "bench": ()}
 
 
 def _subparsers() -> dict[str, argparse.ArgumentParser]:

@@ -1,4 +1,5 @@
-"""Command line: ``ggro demo``, ``ggro generate``, ``ggro compare``, ``ggro reference-check``, ``ggro bench``."""
+"""Command line: ``ggro demo``, ``ggro generate``, ``ggro align``, ``ggro compare``, ``ggro reference-check``,
+``ggro bench``."""
 
 from __future__ import annotations
 
@@ -113,6 +114,42 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                 f"[segments: {len(result.segments)}, nudges: {result.num_nudges}, reward: {reward}, "
                 f"seconds: {result.timing.seconds:.2f}]\n"
             )
+    return 0
+
+
+def _cmd_align(args: argparse.Namespace) -> int:
+    from .align import run_align
+
+    config = _config_from_args(args)
+    try:
+        summary = run_align(
+            args.input,
+            args.output,
+            policy=args.policy,
+            reward=args.reward,
+            config=config,
+            engine=args.engine,
+            batch_size=args.batch_size,
+            device=args.device,
+            dtype=args.dtype,
+            num_actors=args.num_actors,
+            gpus_per_actor=args.gpus_per_actor,
+            cpus_per_actor=args.cpus_per_actor,
+            address=args.address,
+            max_restarts=args.max_restarts,
+            max_task_retries=args.max_task_retries,
+            retry_errors=args.retry_errors,
+            progress=not args.no_progress,
+        )
+    except ImportError as exc:
+        print(f"ggro: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            f"ggro align: interrupted; the finished batches are kept, rerun to resume ({args.output})", file=sys.stderr
+        )
+        return 130
+    print(summary.line())
     return 0
 
 
@@ -278,6 +315,42 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(gen)
     _add_config_options(gen)
     gen.set_defaults(func=_cmd_generate)
+
+    align = sub.add_parser(
+        "align",
+        help="Align a dataset: decode every row of a JSONL, CSV or Parquet file (id, prompt or messages) with GGRO "
+        "into OUTPUT, on this process or a Ray Data actor pool; rerun to resume.",
+        description="Decode every row of INPUT (.jsonl, .csv or .parquet with an 'id' and a 'prompt' text or a "
+        "'messages' chat; in CSV the chat as JSON text) and write one row per id to OUTPUT (format from its "
+        "extension): id, text, finish_reason, num_nudges, nudges, segments, usage, final_reward, seconds, policy, "
+        "reward, error. The input is checked before any model loads. Rows are journalled per batch (a .jsonl "
+        "OUTPUT itself, else OUTPUT.partial.jsonl until the end): rerunning the same command skips the ids "
+        "already written.",
+    )
+    align.add_argument("input", help="Input file: .jsonl, .csv or .parquet.")
+    align.add_argument("--output", "-o", required=True, help="Output file: .jsonl, .csv or .parquet.")
+    align.add_argument("--batch-size", type=int, default=8, help="Rows decoded together as one GGRO batch.")
+    align.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local: this process; ray: a Ray Data pipeline with an actor pool (pip install 'ggro[ray]').",
+    )
+    align.add_argument(
+        "--address",
+        default=None,
+        help="Ray: join this running cluster ('auto', or the head's HOST:6379); default: start a local Ray.",
+    )
+    align.add_argument("--num-actors", type=int, default=1, help="Ray: actors, each with its own decoder.")
+    align.add_argument("--gpus-per-actor", type=float, default=0.0, help="Ray: GPUs per actor (0.5: two per GPU).")
+    align.add_argument("--cpus-per-actor", type=float, default=1.0, help="Ray: CPUs per actor (its torch threads).")
+    align.add_argument("--max-restarts", type=int, default=3, help="Ray: restarts of an actor that died.")
+    align.add_argument("--max-task-retries", type=int, default=3, help="Ray: retries of a batch whose actor died.")
+    align.add_argument("--retry-errors", action="store_true", help="Decode again the rows written with an error.")
+    align.add_argument("--no-progress", action="store_true", help="No progress bar.")
+    _add_model_options(align)
+    _add_config_options(align)
+    align.set_defaults(func=_cmd_align, device=None)
 
     demo = sub.add_parser("demo", help="The main job: greedy vs GGRO on a few prompts, with guidance and gold rewards.")
     demo.add_argument("--batch-size", type=int, default=6)
