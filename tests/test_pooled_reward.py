@@ -86,6 +86,41 @@ def test_cached_session_matches_full_passes() -> None:
     assert session.score_sequence([*other, 41, 42]) == pytest.approx(_reference(rm, [*other, 41, 42]), abs=1e-5)
 
 
+def test_a_growing_prefix_costs_one_pass_per_segment_and_a_failed_pass_leaves_no_trace() -> None:
+    from ggro import RewardError
+
+    rm = _reward(float64=True)
+    session = rm.open_session()
+    prefix = [*PROMPT, 20]
+    session.score_segment(prefix, [21, 22], 0)
+    # As in decoding: the segment accepted last joins the prefix, and is fed in the same pass as the next one.
+    for segment in ([23, 24, 25], [26, 27], [28, 29, 30]):
+        calls = session.calls
+        got = session.score_segment(prefix, segment, 1)
+        assert session.calls - calls == 1
+        reward, grads = rm.embedding_gradients(prefix + segment, [len(prefix) + 1])
+        assert got.reward == pytest.approx(_reference(rm, prefix + segment), abs=1e-5)
+        assert got.reward == pytest.approx(reward, abs=1e-5)
+        assert got.gradient is not None
+        torch.testing.assert_close(got.gradient, grads[0], atol=1e-5, rtol=1e-4)
+        prefix = prefix + segment
+    # A pass that fails midway (here in the last layer, after the others extended their caches) is reported, and
+    # the next call scores as a fresh session would.
+    last = rm.backbone.layers[-1]
+    original = last.forward
+
+    def broken(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("out of memory")
+
+    last.forward = broken
+    with pytest.raises(RewardError, match="out of memory"):
+        session.score_segment([*prefix, 31], [32, 33], 0)
+    last.forward = original
+    got = session.score_segment([*prefix, 31], [32, 33], 0)
+    assert got.reward == pytest.approx(_reference(rm, [*prefix, 31, 32, 33]), abs=1e-5)
+    assert session.score_sequence([*prefix, 31, 32]) == pytest.approx(_reference(rm, [*prefix, 31, 32]), abs=1e-5)
+
+
 def test_batched_score_equals_definition() -> None:
     rm = _reward(float64=True)
     seqs = [[*PROMPT, 20], [*PROMPT, 20, 21, 22, 23, EOS], [9, 8, 7]]

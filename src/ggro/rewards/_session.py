@@ -144,7 +144,9 @@ class CausalPrefixSession(RewardSession):
         with torch.enable_grad() if leaf is not None else torch.no_grad():
             if use_cache:
                 output = self._forward_or_reset(embeds, start)
-                self.cache = output_cache(output) or self.cache
+                returned = output_cache(output)
+                if returned is not None:  # not `or`: a cache's truth value is its length
+                    self.cache = returned
                 crop_detached(self.cache, len(prefix_ids))  # drop the candidate's KV; the prefix stays
                 if len(prefix_ids) > start:
                     self._prefix_extended(output, start, len(prefix_ids) - start)
