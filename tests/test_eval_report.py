@@ -160,3 +160,37 @@ def test_ggro_eval_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["eval", "--methods", "beam-4", "--out-dir", str(out), "--policy", str(policy),
                  "--reward", str(reward)]) == 2  # fmt: skip
     assert "method: unknown 'beam-4'" in capsys.readouterr().err
+
+
+def test_ggro_eval_runs_a_prompts_file_as_its_own_set(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ggro.cli import main
+    from ggro.testing import save_tiny_models
+
+    policy, reward = save_tiny_models(tmp_path / "models")
+    prompts = tmp_path / "mine.txt"
+    prompts.write_text("How do I bake bread?\n\nName three rivers.\nWhat is rain?\n", encoding="utf-8")
+    out = tmp_path / "results"
+    argv = ["eval", "--policy", str(policy), "--reward", str(reward), "--prompts-file", str(prompts),
+            "--set-name", "everyday", "--methods", "greedy", "ggro-r2", "--max-new-tokens", "5",
+            "--out-dir", str(out), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
+    # Only the file's set (no standard set without --sets), every non-blank line, each method once.
+    assert {r["set"] for r in rows} == {"everyday"}
+    assert sorted((r["method"], r["prompt"]) for r in rows) == sorted(
+        (m, p) for m in ("greedy", "ggro-r2") for p in ("How do I bake bread?", "Name three rivers.", "What is rain?")
+    )
+    assert all(isinstance(r["text"], str) and 0.0 <= r["gold_reward"] <= 1.0 for r in rows)
+    assert "### everyday" in (out / "eval.md").read_text()
+    (out / "eval.md").unlink()
+    report_only = ["eval", "--report-only", "--out-dir", str(out), "--max-new-tokens", "5", "--set-name", "everyday"]
+    assert main(report_only) == 0 and "### everyday" in (out / "eval.md").read_text()
+    capsys.readouterr()
+    # The file's problems and a name that would mix with a standard set are clear errors.
+    (tmp_path / "empty.txt").write_text("\n  \n", encoding="utf-8")
+    assert main([*argv[:5], "--prompts-file", str(tmp_path / "empty.txt"), "--out-dir", str(tmp_path / "x")]) == 2
+    assert "empty.txt: no prompts (one a line)" in capsys.readouterr().err
+    clash = [*argv]
+    clash[clash.index("everyday")] = "benign"
+    assert main(clash) == 2
+    assert "set name: ['benign'] would mix with a standard set" in capsys.readouterr().err

@@ -246,15 +246,30 @@ def _cmd_reference_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .lab.eval.suite import GOLD_THRESHOLDS, MAIN_METHODS, PRESSURE_METHODS, evaluate, write_report
+    from .lab.eval.suite import (
+        CUSTOM_SET_THRESHOLD,
+        GOLD_THRESHOLDS,
+        MAIN_METHODS,
+        PRESSURE_METHODS,
+        PROMPT_SETS,
+        evaluate,
+        read_prompts_file,
+        write_report,
+    )
 
     out_dir = Path(args.out_dir)
     command = "ggro " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["eval"] else "ggro eval"
+    if args.set_name is not None and args.prompts_file is None and not args.report_only:
+        raise ValueError("--set-name: names the set of --prompts-file; give --prompts-file too")
+    set_name = args.set_name or (Path(args.prompts_file).stem if args.prompts_file else None)
     if args.report_only:
+        thresholds = dict(GOLD_THRESHOLDS)
+        if set_name is not None:
+            thresholds[set_name] = CUSTOM_SET_THRESHOLD
         path = write_report(
             out_dir / "eval.jsonl",
             out_dir,
-            dict(GOLD_THRESHOLDS),
+            thresholds,
             title=args.title,
             settings={"command": command, "max_new_tokens": args.max_new_tokens},
             max_new_tokens=args.max_new_tokens,
@@ -262,12 +277,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(f"report: {path}")
         return 0
     methods = args.methods or (MAIN_METHODS + (PRESSURE_METHODS if args.pressure else []))
+    # A prompts file alone runs only its set; with --sets, both.
+    extra = {set_name: read_prompts_file(Path(args.prompts_file))} if args.prompts_file and set_name else None
+    sets = args.sets if args.sets is not None else ([] if extra else PROMPT_SETS)
     config = _config_from_args(args)
     decoder = _build_decoder(args, config)
     path = evaluate(
         decoder,
         out_dir,
-        sets=args.sets,
+        sets=sets,
+        extra_sets=extra,
         methods=methods,
         size=args.size,
         limit=args.limit,
@@ -373,7 +392,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="Greedy, Best-of-N, ARGS and GGRO over HarmBench, Do-Not-Answer, benign and RealToxicityPrompts: "
         "JSONL per response, a markdown report and plots (resumable).",
     )
-    ev.add_argument("--sets", nargs="+", default=["harmbench", "donotanswer", "benign", "realtoxicity"])
+    ev.add_argument(
+        "--sets",
+        nargs="+",
+        default=None,
+        help="Standard prompt sets (default: harmbench donotanswer benign realtoxicity; none with --prompts-file).",
+    )
+    ev.add_argument(
+        "--prompts-file",
+        default=None,
+        help="A text file of prompts, one a line, run as one more set with the harm sets' gold judge (threshold "
+        "0.5); every prompt of it (--size does not apply, --limit does).",
+    )
+    ev.add_argument("--set-name", default=None, help="The rows' `set` for --prompts-file (default: the file's stem).")
     ev.add_argument(
         "--methods",
         nargs="+",
