@@ -202,9 +202,13 @@ class _CompositeSession(RewardSession):
     def score_many(self, sequences: Sequence[Sequence[int]]) -> list[float]:
         if not sequences:
             return []
-        raw = self._each("score_many", sequences)
-        per_term = [self.rm._checked_scores(i, r, len(sequences)) for i, r in enumerate(raw)]
-        return [self.rm._weighted(column) for column in zip(*per_term, strict=True)]
+        return [self.rm._weighted(column) for column in self._columns(len(sequences), "score_many", sequences)]
+
+    def _columns(self, count: int, method: str, *args: Any) -> list[tuple[float, ...]]:
+        """Per input, the terms' values, from every term's batched ``method`` over ``count`` inputs."""
+        raw = self._each(method, *args)
+        per_term = [self.rm._checked_scores(i, r, count) for i, r in enumerate(raw)]
+        return list(zip(*per_term, strict=True))
 
     def score_continuations(self, prefix_ids: Sequence[int], continuations: Sequence[Sequence[int]]) -> list[float]:
         return [s.reward for s in self.score_continuation_segments(prefix_ids, continuations)]
@@ -214,11 +218,10 @@ class _CompositeSession(RewardSession):
     ) -> list[SegmentScore]:
         if not continuations:
             return []
-        raw = self._each("score_continuations", prefix_ids, continuations)
-        per_term = [self.rm._checked_scores(i, r, len(continuations)) for i, r in enumerate(raw)]
+        columns = self._columns(len(continuations), "score_continuations", prefix_ids, continuations)
         return [
             SegmentScore(
                 reward=self.rm._weighted(column), gradient=None, terms=dict(zip(self.rm.names, column, strict=True))
             )
-            for column in zip(*per_term, strict=True)
+            for column in columns
         ]
