@@ -75,11 +75,14 @@ def test_json_report_from_local_paths(tiny_paths, capsys: pytest.CaptureFixture[
         assert row["median_s"] > 0 and len(row["runs_s"]) == 1
         if name != "greedy":
             assert row["x_greedy"] == pytest.approx(row["median_s"] / report["methods"]["greedy"]["median_s"])
+        if not name.startswith("greedy"):
             assert row["reward_calls"] > 0
             assert "profile" in row
     greedy = report["methods"]["greedy"]
     assert greedy["x_greedy"] == 1.0 and greedy["reward_calls"] == 0
     assert greedy["policy_forward_passes"] == greedy["tokens"] == 16  # the tiny policy never ends a turn
+    greedy_batch = report["methods"]["greedy-batch"]  # one pass per new token serves both prompts
+    assert (greedy_batch["policy_forward_passes"], greedy_batch["tokens"], greedy_batch["reward_calls"]) == (8, 16, 0)
     ggro, batch = report["methods"]["ggro"], report["methods"]["ggro-batch"]
     assert batch["policy_forward_passes"] < ggro["policy_forward_passes"]
     assert report["identical"]["ggro=ggro-batch"] is True

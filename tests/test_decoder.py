@@ -98,8 +98,8 @@ def test_speculation_changes_cost_not_output(refinement: str) -> None:
     off_passes = sum(off.generate_ids([p])[0].usage.policy_forward_passes for p in PROMPTS)
     if refinement == "sequential":
         assert on_passes < off_passes
-    else:  # branches guess from the draft only; this random model's branches leave it at once
-        assert on_passes <= off_passes
+    else:  # parallel branches never speculate: their guesses from the draft were rarely right
+        assert on_passes == off_passes
 
 
 def test_single_refinement_is_plain_greedy() -> None:

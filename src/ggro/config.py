@@ -109,8 +109,9 @@ class GGROOptions(BaseModel):
     )
     speculative_refinement: bool = Field(
         default=True,
-        description="Verify a refinement's continuation against earlier candidates in one forward pass. Outputs "
-        "are the same with it on or off; only the number of policy forward passes changes.",
+        description="Sequential refinement: verify a refinement's continuation against earlier candidates in "
+        "one forward pass. Outputs are the same with it on or off; only the number of policy forward passes "
+        "changes. (Parallel branches never speculate: guesses from the draft were rarely right.)",
     )
     retokenize_between_segments: bool = Field(
         default=False,

@@ -2,7 +2,9 @@
 
 Every method runs in one process on the same prompts, each timed ``runs`` times (the median is reported):
 
-- ``greedy``: the policy's own ``generate``, one prompt at a time.
+- ``greedy``: the policy's own ``generate``, one prompt at a time; ``greedy-batch``: all prompts as one
+  left-padded ``generate`` batch (what batching buys plain decoding on this machine: the yardstick for
+  ``ggro-batch``; left padding may change a float32 rounding, so it is in no identity pair).
 - ``ggro``: ``GGRODecoder.generate_ids([ids])`` one prompt at a time, with the decoder a user gets from
   ``GGRODecoder.from_pretrained(policy, reward)`` and the configuration given (defaults plus overrides).
 - ``ggro-unfused``: the same with ``fused_reward=False`` (the reward's own forward pass).
@@ -78,6 +80,7 @@ FAST_EARLY_EXIT_GAIN = 0.005
 
 METHODS = (
     "greedy",
+    "greedy-batch",
     "ggro",
     "ggro-unfused",
     "ggro-batch",
@@ -101,7 +104,8 @@ IDENTITY_PAIRS = (
 _REFERENCE_METHODS = ("reference", "release-structure")
 _BATCHED = ("ggro-batch", "ggro-fast-batch")
 # Every method that decodes with GGRODecoder, so its results carry the timing breakdown.
-_PROFILED = tuple(m for m in METHODS if m not in ("greedy", "release-structure"))
+_GREEDY = ("greedy", "greedy-batch")
+_PROFILED = tuple(m for m in METHODS if m not in (*_GREEDY, "release-structure"))
 
 
 def method_options(name: str) -> dict[str, Any]:
@@ -303,7 +307,7 @@ def _load_models(settings: BenchSettings, names: Sequence[str]) -> BenchModels:
     if settings.synthetic_1b:
         policy, tokenizer, rm = _synthetic_models(settings.device, dtype, settings.tokenizer)
         return BenchModels(policy, tokenizer, rm, rm, policy_name="random Llama ~1B (16 layers, hidden 2048)")
-    wants_reward = any(n not in ("greedy", *_REFERENCE_METHODS) for n in names)
+    wants_reward = any(n not in (*_GREEDY, *_REFERENCE_METHODS) for n in names)
     wants_reference = any(n in _REFERENCE_METHODS for n in names)
     reward: RewardModel | None = None
     if wants_reward:
@@ -394,6 +398,20 @@ def _method_runners(
         # generate runs one forward pass per new token and no reward
         return _Outcome(outs, policy_forward_passes=sum(len(o) for o in outs), reward_calls=0)
 
+    def greedy_batch() -> _Outcome:
+        width = max(len(ids) for ids in prompt_ids)
+        pad = eos if eos is not None else 0
+        x = torch.tensor([[pad] * (width - len(ids)) + ids for ids in prompt_ids], device=device)
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompt_ids], device=device)
+        with torch.no_grad():
+            y = policy.generate(
+                x, attention_mask=mask, do_sample=False, max_new_tokens=config.max_new_tokens, pad_token_id=pad
+            )
+        outs = []
+        for row in y[:, width:].tolist():  # a finished row is padded with eos to the batch's length
+            outs.append(row[: row.index(eos) + 1] if eos is not None and eos in row else row)
+        return _Outcome(outs, policy_forward_passes=y.shape[1] - width, reward_calls=0)
+
     def ggro_runner(decoder: GGRODecoder, batched: bool) -> Callable[[], _Outcome]:
         def run() -> _Outcome:
             if batched:
@@ -436,6 +454,8 @@ def _method_runners(
     for name in names:
         if name == "greedy":
             runners[name] = greedy
+        elif name == "greedy-batch":
+            runners[name] = greedy_batch
         elif name in _REFERENCE_METHODS:
             if models.reference_reward is None:
                 skipped[name] = models.reference_note
