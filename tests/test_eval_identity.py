@@ -54,3 +54,15 @@ def test_rows_of_the_old_sequential_default_are_not_mixed_with_the_new_one(tmp_p
     out.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "ggro_refinement"}) + "\n" for r in rows))
     with pytest.raises(ValueError, match=r"refinement None, here: None with refinement 'parallel'"):
         run_eval(decoder, PROMPTS, ["ggro"], {"harmful": _judge}, out, max_new_tokens=4, limit=2, progress=False)
+
+
+def test_rows_sampled_with_another_best_of_n_setting_are_not_mixed(tmp_path: Path) -> None:
+    decoder = tiny_decoder()
+    out = tmp_path / "eval.jsonl"
+    run_eval(decoder, PROMPTS, ["bon-2"], {"harmful": _judge}, out, max_new_tokens=4, limit=1, progress=False)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(r["bon_sampling"] == {"temperature": 0.7, "top_p": 0.95, "top_k": 0} for r in rows)
+    # Rows from before issue 16 sampled at temperature 1 without truncation and have no `bon_sampling`.
+    out.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "bon_sampling"}) + "\n" for r in rows))
+    with pytest.raises(ValueError, match=r"Best-of-N sampling there: None, here: \{'temperature': 0\.7"):
+        run_eval(decoder, PROMPTS, ["bon-2"], {"harmful": _judge}, out, max_new_tokens=4, limit=2, progress=False)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from conftest import float64_copy
 from ggro import GGRODecoder, HFRewardModel
 from ggro.lab.eval import args_decode, best_of_n, best_of_n_batch, greedy, greedy_batch
+from ggro.lab.eval.methods import _generate
 from ggro.testing import tiny_decoder
 
 PROMPT = "Hello there"
@@ -69,7 +71,9 @@ def test_best_of_n_keeps_the_best_rewarded_sample_and_is_seeded(decoder: GGRODec
     assert four.candidates == 4 and four.policy_forward_passes == 24
     # Equal-length samples: the prompt once, then the 4 in one batched pass (the tiny classifier pools at the
     # last position fed, so samples cut short by an end-of-turn token are scored one by one: 2 passes each).
-    equal = len({len(t) for t in four.candidate_texts}) == 1  # the tiny tokenizer has one token per character
+    torch.manual_seed(3)  # the same samples again, to see whether one ended early (text lengths cannot tell:
+    out, width = _generate(decoder, [decoder.encode_prompt(PROMPT)], 24, do_sample=True, num_return_sequences=4)
+    equal = not decoder.eos_token_ids & set(out[:, width:].flatten().tolist())  # special tokens decode to "")
     assert four.reward_calls == (2 if equal else 8)
     assert four.guidance_reward == pytest.approx(reward_of(decoder, four.prompt_token_ids, four.token_ids), abs=1e-4)
     assert len(set(four.candidate_texts)) == 4  # four different samples

@@ -5,7 +5,8 @@ reports (policy forward passes, reward-model calls, seconds), so methods compare
 
 - **greedy**: the policy's greedy ``generate`` (the same tokens as GGRO with one candidate per segment,
   without its reward-model work), then one reward of the response.
-- **Best-of-N**: N responses sampled from the policy (temperature 1, no truncation, batched ``generate``),
+- **Best-of-N**: N responses sampled from the policy (:data:`BON_SAMPLING`: temperature 0.7, top-p 0.95, the
+  usual chat setting, so a sample is as fluent as the policy's greedy answer; batched ``generate``),
   scored by the guidance reward in one batched pass over the responses on the prompt's cached prefix (as
   GGRO's scoring is); the best-rewarded one is returned.
 - **ARGS** (Khanov et al., 2024, greedy variant): at every token, each of the policy's top-k tokens ``v``
@@ -26,7 +27,10 @@ from ..._compat import cache_kwargs, output_cache
 from ...decoder import GGRODecoder, PromptInput
 from ...rewards.base import RewardContext, RewardSession
 
-__all__ = ["MethodOutput", "args_decode", "best_of_n", "best_of_n_batch", "greedy", "greedy_batch"]
+__all__ = ["BON_SAMPLING", "MethodOutput", "args_decode", "best_of_n", "best_of_n_batch", "greedy", "greedy_batch"]
+
+BON_SAMPLING: dict[str, float] = {"temperature": 0.7, "top_p": 0.95, "top_k": 0}
+"""Best-of-N's sampling settings (recorded in every evaluation row, so files sampled otherwise are not mixed)."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,7 @@ def greedy_batch(decoder: GGRODecoder, prompts: Sequence[PromptInput], max_new_t
 
 
 def best_of_n(decoder: GGRODecoder, prompt: PromptInput, n: int, max_new_tokens: int, seed: int = 0) -> MethodOutput:
-    """Sample ``n`` responses (temperature 1, seeded), score each with the guidance reward, keep the best
+    """Sample ``n`` responses (:data:`BON_SAMPLING`, seeded), score each with the guidance reward, keep the best
     (the first of equal maxima; a non-finite reward never wins)."""
     return best_of_n_batch(decoder, [prompt], n, max_new_tokens, seed)[0]
 
@@ -191,8 +195,8 @@ def _generate(
     do_sample: bool,
     num_return_sequences: int,
 ) -> tuple[torch.Tensor, int]:
-    """The policy's own ``generate`` on left-padded prompts (greedy, or sampling at temperature 1 with no
-    truncation); returns the output rows (``num_return_sequences`` per prompt, in order) and the padded
+    """The policy's own ``generate`` on left-padded prompts (greedy, or sampling with :data:`BON_SAMPLING`);
+    returns the output rows (``num_return_sequences`` per prompt, in order) and the padded
     prompt width."""
     policy = decoder.policy
     pad = decoder.tokenizer.pad_token_id if decoder.tokenizer.pad_token_id is not None else 0
@@ -200,7 +204,7 @@ def _generate(
     rows = [[pad] * (width - len(ids)) + list(ids) for ids in prompt_ids]
     mask = [[0] * (width - len(ids)) + [1] * len(ids) for ids in prompt_ids]
     input_ids = torch.tensor(rows, device=policy.device)
-    sampling = {"temperature": 1.0, "top_k": 0, "top_p": 1.0} if do_sample else {}
+    sampling = BON_SAMPLING if do_sample else {}
     with torch.no_grad():
         out: torch.Tensor = policy.generate(
             input_ids,

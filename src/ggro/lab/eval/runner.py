@@ -17,7 +17,7 @@ from typing import Any
 
 from ...config import GGROConfig
 from ...decoder import GGRODecoder
-from .methods import MethodOutput, args_decode, best_of_n_batch, greedy_batch
+from .methods import BON_SAMPLING, MethodOutput, args_decode, best_of_n_batch, greedy_batch
 from .metrics import PeakMemory
 
 __all__ = [
@@ -146,7 +146,8 @@ def model_identity(decoder: GGRODecoder) -> dict[str, Any]:
     """The policy, guidance reward and GGRO options every row records (``ggro_options``: the decoder's options
     that differ from the default preset, None when none do; ``ggro_refinement``: the refinement order that
     ``ggro`` means, recorded on its own because the default changed from sequential to parallel). A local
-    policy is named by its folder, so a results file made on one machine resumes on another."""
+    policy is named by its folder, so a results file made on one machine resumes on another. ``bon_sampling``:
+    Best-of-N's sampling settings (temperature 1 without truncation before issue 16, which rows lack)."""
     name = str(decoder.policy.name_or_path)
     default = GGROConfig().model_dump()
     changed = {
@@ -159,6 +160,7 @@ def model_identity(decoder: GGRODecoder) -> dict[str, Any]:
         "reward": decoder.reward.name,
         "ggro_options": changed or None,
         "ggro_refinement": decoder.config.refinement,
+        "bon_sampling": dict(BON_SAMPLING),
     }
 
 
@@ -195,7 +197,8 @@ def run_eval(
             f"out: {out} holds rows made with policy {other.get('policy')!r} and reward {other.get('reward')!r}, "
             f"not {identity['policy']!r} and {identity['reward']!r} (GGRO options there: "
             f"{other.get('ggro_options')!r} with refinement {other.get('ggro_refinement')!r}, here: "
-            f"{identity['ggro_options']!r} with refinement {identity['ggro_refinement']!r}); write to another file "
+            f"{identity['ggro_options']!r} with refinement {identity['ggro_refinement']!r}; Best-of-N sampling "
+            f"there: {other.get('bon_sampling')!r}, here: {identity['bon_sampling']!r}); write to another file "
             "(ggro eval --out-dir)"
         )
     done = {(r["set"], r["index"], r["method"], r["seed"], r["max_new_tokens"]) for r in existing}
