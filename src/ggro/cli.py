@@ -248,6 +248,7 @@ def _cmd_reference_check(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .lab.eval.suite import (
         CUSTOM_SET_THRESHOLD,
+        GOLD_JUDGES,
         GOLD_THRESHOLDS,
         MAIN_METHODS,
         PRESSURE_METHODS,
@@ -294,7 +295,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         progress=not args.no_progress,
-        settings={"command": command},
+        settings={"command": command, "gold judge": GOLD_JUDGES[args.gold]},
+        gold=args.gold,
     )
     print(f"report: {path}")
     return 0
@@ -413,6 +415,14 @@ def build_parser() -> argparse.ArgumentParser:
         "early exit at gain G) (default: greedy bon-4 bon-16 args ggro).",
     )
     ev.add_argument("--pressure", action="store_true", help="Add the optimisation-pressure sweep methods.")
+    ev.add_argument(
+        "--gold",
+        choices=["llm", "probe"],
+        default="llm",
+        help="Gold judge of the harm sets: llm (zero-shot Qwen2.5-Coder-1.5B-Instruct, independent of the "
+        "guidance; the MiniLM probe is recorded beside it as probe_reward) or probe (the MiniLM harm probe). "
+        "Continuations are judged by VADER either way.",
+    )
     ev.add_argument("--size", type=int, default=100, help="Prompts per set (HarmBench <= 200, benign <= 100).")
     ev.add_argument("--limit", type=int, default=None, help="Only the first N prompts of each set (quick runs).")
     ev.add_argument("--max-new-tokens", type=int, default=16)

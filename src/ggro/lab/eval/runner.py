@@ -176,12 +176,17 @@ def run_eval(
     limit: int | None = None,
     batch_size: int = 8,
     progress: bool = True,
+    gold_names: Mapping[str, str] | None = None,
+    secondary: Mapping[str, Mapping[str, Judge]] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every method on the first ``limit`` prompts of every set, appending one row per response to
-    ``out`` (JSONL). Rows already there (same set, prompt index, method, seed and budget) are skipped, so an
-    interrupted run resumes where it stopped. Batched methods decode ``batch_size`` prompts of a set together;
-    each row records its batch size, the peak memory of its batch and the models (:func:`model_identity`); a
-    file holding rows of other models is refused rather than mixed. Returns all rows of ``out``."""
+    ``out`` (JSONL). ``gold_names``: the name of each set's gold judge, recorded as ``gold_judge`` (rows of a
+    set judged by another are refused rather than mixed); ``secondary``: ``{column: {set: judge}}``, further
+    judges of each response's text, recorded under ``column``. Rows already there (same set, prompt index,
+    method, seed and budget) are skipped, so an interrupted run resumes where it stopped. Batched methods
+    decode ``batch_size`` prompts of a set together; each row records its batch size, the peak memory of its
+    batch and the models (:func:`model_identity`); a file holding rows of other models is refused rather than
+    mixed. Returns all rows of ``out``."""
     parsed = [parse_method(m) for m in methods]
     if batch_size < 1:
         raise ValueError(f"batch_size: must be at least 1, got {batch_size}")
@@ -201,6 +206,16 @@ def run_eval(
             f"there: {other.get('bon_sampling')!r}, here: {identity['bon_sampling']!r}); write to another file "
             "(ggro eval --out-dir)"
         )
+    if gold_names is not None:
+        judged = next(
+            (r for r in existing if r["set"] in gold_names and r.get("gold_judge") != gold_names[r["set"]]), None
+        )
+        if judged is not None:
+            raise ValueError(
+                f"out: {out} holds {judged['set']!r} rows judged by {judged.get('gold_judge')!r}, not "
+                f"{gold_names[judged['set']]!r}; write to another file (ggro eval --out-dir) or choose that judge "
+                "(ggro eval --gold)"
+            )
     done = {(r["set"], r["index"], r["method"], r["seed"], r["max_new_tokens"]) for r in existing}
     # Prompt-index windows outermost, then sets, then methods: a run stopped early still covers every
     # method and set on the same first prompts.
@@ -232,6 +247,11 @@ def run_eval(
             for (index, prompt), output in zip(items, outputs, strict=True):
                 texts = [output.text, *output.candidate_texts]
                 gold = judges[set_name]([prompt] * len(texts), texts)
+                extra_judges = {
+                    column: by_set[set_name]([prompt], [output.text])[0]
+                    for column, by_set in (secondary or {}).items()
+                    if set_name in by_set
+                }
                 row = {
                     "set": set_name,
                     "index": index,
@@ -241,6 +261,8 @@ def run_eval(
                     "text": output.text,
                     "guidance_reward": output.guidance_reward,
                     "gold_reward": gold[0],
+                    **({"gold_judge": gold_names[set_name]} if gold_names and set_name in gold_names else {}),
+                    **extra_judges,
                     "candidates": output.candidates,
                     "candidate_guidance_rewards": list(output.candidate_rewards),
                     "candidate_gold_rewards": gold[1:],
