@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import EOS, TinyTokenizer, float64_copy, tiny_llama
-from ggro import CallableReward, Constraint, GGROConfig, GGRODecoder, GGROResult
+from ggro import CallableReward, CompositeReward, Constraint, GGROConfig, GGRODecoder, GGROResult
 from ggro.nudging import NudgeProposal
 from ggro.rewards import MeanPooledHeadReward
 from ggro.testing import tiny_decoder
@@ -32,6 +32,17 @@ def _decoder(**options: object) -> GGRODecoder:
         policy.get_decoder(), torch.randn(32), 0.25, response_marker=MARKER, excluded_ids=[EOS], name="tiny-head"
     )
     return GGRODecoder(policy, TinyTokenizer(), reward, GGROConfig(**{**SETTINGS, **options}))  # type: ignore[arg-type]
+
+
+def _composite_decoder(**options: object) -> GGRODecoder:
+    """Two heads on the policy's own transformer as one weighted sum (the shape of ``qwen-guidance``)."""
+    base = _decoder(**options)
+    torch.manual_seed(4)
+    second = MeanPooledHeadReward(
+        base.policy.get_decoder(), torch.randn(32), -0.5, response_marker=MARKER, excluded_ids=[EOS], name="help"
+    )
+    reward = CompositeReward([("harm", 1.0, base.reward), ("help", 2.0, second)], name="two heads")
+    return GGRODecoder(base.policy, base.tokenizer, reward, base.config)
 
 
 def _tokens(results: list[GGROResult]) -> list[list[int]]:
@@ -57,6 +68,26 @@ def test_a_fused_reward_changes_no_output_and_saves_reward_passes(refinement: st
             assert sa.candidate_rewards == pytest.approx(sb.candidate_rewards, abs=1e-5)
     assert sum(r.num_nudges for r in fused) > 0  # the comparison covers kept nudges
     assert sum(r.usage.reward_calls for r in fused) < sum(r.usage.reward_calls for r in unfused)
+
+
+@pytest.mark.parametrize("refinement", ["sequential", "parallel"])
+def test_a_composite_of_heads_on_the_policy_is_fused_and_keeps_its_terms(refinement: str) -> None:
+    decoder = _composite_decoder(refinement=refinement)
+    assert decoder.reward.reads_policy_states(decoder.policy)
+    mixed = CompositeReward([("harm", 1.0, decoder.reward.rewards[0]), ("other", 1.0, tiny_decoder().reward)])
+    assert not mixed.reads_policy_states(decoder.policy)  # one term with its own forward: not fused
+    fused = decoder.generate_ids(PROMPTS)
+    unfused = _composite_decoder(refinement=refinement, fused_reward=False).generate_ids(PROMPTS)
+    assert _tokens(fused) == _tokens(unfused)
+    assert sum(r.num_nudges for r in fused) > 0
+    assert sum(r.usage.reward_calls for r in fused) < sum(r.usage.reward_calls for r in unfused)
+    for a, b in zip(fused, unfused, strict=True):
+        for sa, sb in zip(a.segments, b.segments, strict=True):
+            assert sa.candidate_rewards == pytest.approx(sb.candidate_rewards, abs=1e-5)
+            assert len(sa.candidate_reward_terms) == len(sb.candidate_reward_terms) == len(sa.candidate_rewards)
+            for ta, tb in zip(sa.candidate_reward_terms, sb.candidate_reward_terms, strict=True):
+                assert set(ta) == set(tb) == {"harm", "help"}
+                assert [ta[k] for k in ("harm", "help")] == pytest.approx([tb[k] for k in ("harm", "help")], abs=1e-5)
 
 
 def test_fused_rewards_equal_the_reward_of_the_whole_sequence() -> None:

@@ -19,7 +19,7 @@ from .config import GGROConfig, merge_config
 from .constraints import Constraint, GrammarVocabulary, grammar_vocabulary
 from .detokenize import Detokenizer
 from .events import GGROEvent, GGROResult, Listener
-from .loading import is_default_policy, load_policy, load_reward
+from .loading import load_policy, load_reward, reward_shares_policy
 from .prompting import PromptInput, as_batch, check_prompt_length, encode_prompt, prompt_text
 from .refinement import DecoderParts
 from .rewards.base import RewardContext, RewardModel
@@ -101,8 +101,8 @@ class GGRODecoder:
         )
         if isinstance(reward, RewardModel):
             rm = reward
-        else:  # the embedded reward shares the embedded policy's transformer instead of loading a copy
-            shared = model if is_default_policy(policy) else None
+        else:  # an embedded reward shares its embedded policy's transformer instead of loading a copy
+            shared = model if reward_shares_policy(policy, reward) else None
             rm = load_reward(reward, backbone_of=shared, policy_tokenizer=tokenizer, dtype=dtype, device=device)
         return cls(model, tokenizer, rm, config)
 

@@ -322,8 +322,7 @@ class SegmentRefiner:
         """The candidate's reward (and gradient at ``grad_at``), recorded on it; None when it is unusable. Under
         a fused reward, a reward without gradient is read from the candidate's states."""
         if grad_at is None and self.fused:
-            value = yield from self._reward_from_states(plan, cand, ids)
-            score = None if value is None else SegmentScore(reward=value, gradient=None)
+            score = yield from self._score_from_states(plan, cand, ids)
         else:
             score = self.guard.attempt(self.session.score_segment, ids, cand.tokens, grad_at)
         if score is None:  # the reward failed under reward_failure='fallback'
@@ -393,15 +392,15 @@ class SegmentRefiner:
             allowed = [v for v in allowed if v == current or self.constraint.stays_in_region(prefix, region, v)]
         return torch.tensor(allowed, dtype=top_k.dtype)
 
-    def _reward_from_states(
+    def _score_from_states(
         self, plan: SegmentPlan, cand: Candidate, ids: list[int]
-    ) -> Generator[Request, Answer, float | None]:
-        """The fused reward of the candidate; when it needs the state of a token the candidate did not feed (its
-        last, when EOS, a stop sequence or the budget ended it), that token is fed first. None: the reward
-        failed (fallback)."""
+    ) -> Generator[Request, Answer, SegmentScore | None]:
+        """The fused score of the candidate (its reward and any terms); when it needs the state of a token the
+        candidate did not feed (its last, when EOS, a stop sequence or the budget ended it), that token is fed
+        first. None: the reward failed (fallback)."""
         assert plan.context_states is not None and cand.states is not None
         full = [*ids, *cand.tokens]
-        value = self.guard.attempt(self.reward.reward_from_states, full, torch.cat([plan.context_states, cand.states]))
+        value = self.guard.attempt(self.reward.score_from_states, full, torch.cat([plan.context_states, cand.states]))
         if value is None and not self.guard.broken:
             missing = cand.tokens[cand.states.shape[0] :]
             # Only the candidate the policy's own row holds can be fed on (branches feed their last token
@@ -415,7 +414,7 @@ class SegmentRefiner:
             cand.states = torch.cat([cand.states, request.states])
             plan.cached = list(cand.tokens)  # the policy's cache now holds the whole candidate
             states = torch.cat([plan.context_states, cand.states])
-            value = self.guard.attempt(self.reward.reward_from_states, full, states)
+            value = self.guard.attempt(self.reward.score_from_states, full, states)
             if value is None and not self.guard.broken:
                 raise RewardError(f"reward model {self.reward.name!r} read no reward from a whole sequence's states")
         return value

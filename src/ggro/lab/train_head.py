@@ -50,6 +50,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from .._compat import cache_kwargs, new_cache
 from ..assets import POLICY_GGUF_SHA256, POLICY_PACKAGE, POLICY_VERSION, POLICY_WHEEL_SHA256, cache_root
 from ..rewards.heads import GOLD_PROBE_NAME, GUIDANCE_HEAD_NAME, HEADS_DIR, LinearHead, save_head
 from .harm_data import (
@@ -79,6 +80,7 @@ __all__ = [
     "render_ids",
     "response_mean_features",
     "select_alpha",
+    "shared_prompt_features",
     "spearman",
 ]
 
@@ -257,6 +259,47 @@ def response_mean_features(
     n = len(response_ids)
     prefixes = {k: running[min(k, n) - 1] / min(k, n) for k in prefix_lengths}
     return running[-1] / n, prefixes
+
+
+@torch.inference_mode()
+def shared_prompt_features(
+    backbone: Any,
+    prompt_ids: Sequence[int],
+    responses: Sequence[Sequence[int]],
+    prefix_lengths: Sequence[int],
+    *,
+    batch_size: int = 8,
+) -> list[tuple[Array, dict[int, Array]]]:
+    """:func:`response_mean_features` of several responses to one prompt, the prompt run once.
+
+    The prompt's KV cache is repeated over a batch of right-padded responses: the model is causal, so a
+    response token never sees the padding after it and each row equals its unpadded pass (up to float
+    rounding of the batched matmuls). The responses' positions continue after the prompt's.
+    """
+    if any(not r for r in responses):
+        raise ValueError("shared_prompt_features: a response has no tokens")
+    if not prompt_ids:
+        raise ValueError("shared_prompt_features: the prompt has no tokens")
+    device = next(backbone.parameters()).device
+    out: list[tuple[Array, dict[int, Array]]] = []
+    for start in range(0, len(responses), batch_size):
+        chunk = [list(r) for r in responses[start : start + batch_size]]
+        cache = new_cache(backbone)
+        prompt = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
+        backbone(input_ids=prompt, use_cache=True, **cache_kwargs(backbone, cache))
+        if len(chunk) > 1:
+            cache.batch_repeat_interleave(len(chunk))
+        width = max(len(r) for r in chunk)
+        ids = torch.tensor([r + [r[-1]] * (width - len(r)) for r in chunk], dtype=torch.long, device=device)
+        positions = torch.arange(len(prompt_ids), len(prompt_ids) + width, device=device).expand(len(chunk), -1)
+        hidden = backbone(
+            input_ids=ids, position_ids=positions, use_cache=True, **cache_kwargs(backbone, cache)
+        ).last_hidden_state
+        for row, response in zip(hidden.double().cpu(), chunk, strict=True):
+            n = len(response)
+            running = row[:n].cumsum(dim=0).numpy()
+            out.append((running[-1] / n, {k: running[min(k, n) - 1] / min(k, n) for k in prefix_lengths}))
+    return out
 
 
 def _cache_file(kind: str, payload: Any) -> Path:

@@ -132,6 +132,12 @@ class RewardModel(ABC):
         feeds the rest and asks again). Only called when :meth:`reads_policy_states` said yes."""
         raise NotImplementedError(f"reward model {self.name!r} does not read the policy's states")
 
+    def score_from_states(self, ids: Sequence[int], states: torch.Tensor) -> SegmentScore | None:
+        """:meth:`reward_from_states` as a :class:`SegmentScore` (no gradient); a reward made of terms adds each
+        term's value."""
+        value = self.reward_from_states(ids, states)
+        return None if value is None else SegmentScore(reward=value, gradient=None)
+
 
 class TokenEmbeddingReward(RewardModel):
     """A reward that reads token ids through its input-embedding matrix (``_embedding``, set by the subclass):

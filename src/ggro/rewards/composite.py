@@ -147,6 +147,25 @@ class CompositeReward(RewardModel):
         assert total is not None
         return total
 
+    def reads_policy_states(self, policy: Any) -> bool:
+        # Fused only when every term is a head on the policy's own transformer.
+        return all(r.reads_policy_states(policy) for r in self.rewards)
+
+    def reward_from_states(self, ids: Sequence[int], states: torch.Tensor) -> float | None:
+        score = self.score_from_states(ids, states)
+        return None if score is None else score.reward
+
+    def score_from_states(self, ids: Sequence[int], states: torch.Tensor) -> SegmentScore | None:
+        values: list[float] = []
+        for i, reward in enumerate(self.rewards):
+            value = self._guard(i, reward.reward_from_states, ids, states)
+            if value is None:  # the term needs a state it was not given: the decoder feeds it and asks again
+                return None
+            values.append(float(value))
+        return SegmentScore(
+            reward=self._weighted(values), gradient=None, terms=dict(zip(self.names, values, strict=True))
+        )
+
     def _plain_terms(self) -> str:
         return ", ".join(repr(n) for n, r in zip(self.names, self.rewards, strict=True) if not r.differentiable)
 

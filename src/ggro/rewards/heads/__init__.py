@@ -6,6 +6,10 @@ A head scores a pooled feature vector ``h`` as ``weight · h + bias``; higher is
 
 * ``smollm2_harm_head``: the default guidance reward head, applied to the mean over the response tokens
   of SmolLM2-135M-Instruct's final (normed) hidden state. Trained by :mod:`ggro.lab.train_head`.
+* ``qwen05_harm_head`` and ``qwen05_help_head``: the two terms of the ``qwen-guidance`` reward, applied to the
+  mean over the first 48 response tokens of Qwen2.5-Coder-0.5B-Instruct's final (normed) hidden state: a harm
+  head (about 1 - predicted harm) and a pairwise helpfulness head (on-topic answer over a needless refusal,
+  refusal over compliance). Trained by :mod:`ggro.lab.train_guidance`.
 * ``minilm_gold_probe``: the gold judge's probe on all-MiniLM-L6-v2 sentence embeddings
   (see :mod:`ggro.lab.gold`).
 """
@@ -20,11 +24,23 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-__all__ = ["GOLD_PROBE_NAME", "GUIDANCE_HEAD_NAME", "HEADS_DIR", "LinearHead", "head_paths", "load_head", "save_head"]
+__all__ = [
+    "GOLD_PROBE_NAME",
+    "GUIDANCE_HEAD_NAME",
+    "HEADS_DIR",
+    "QWEN_HARM_HEAD_NAME",
+    "QWEN_HELP_HEAD_NAME",
+    "LinearHead",
+    "head_paths",
+    "load_head",
+    "save_head",
+]
 
 HEADS_DIR = Path(__file__).resolve().parent
 GUIDANCE_HEAD_NAME = "smollm2_harm_head"
 GOLD_PROBE_NAME = "minilm_gold_probe"
+QWEN_HARM_HEAD_NAME = "qwen05_harm_head"
+QWEN_HELP_HEAD_NAME = "qwen05_help_head"
 
 
 @dataclasses.dataclass(frozen=True)
