@@ -85,12 +85,18 @@ def build_chain(chat: Runnable[Any, AIMessage], retriever: Runnable[str, list[Do
     return {"context": retriever | RunnableLambda(context), "question": RunnablePassthrough()} | prompt | chat
 
 
+POLICY = "qwen2.5-coder-0.5b-instruct"
+REWARD = "qwen-guidance"
+
+
 def make_chat(tiny: bool, max_tokens: int) -> ChatGGRO:
     if tiny:
         from ggro.testing import tiny_decoder
 
         return ChatGGRO.from_decoder(tiny_decoder(), max_tokens=max_tokens, refinement_steps=3)
-    return ChatGGRO(max_tokens=max_tokens)  # embedded SmolLM2-135M-Instruct + embedded harm reward
+    # Qwen2.5-Coder-0.5B-Instruct (coherent answers, unlike the 135M default) steered by its own guidance reward:
+    # harm and helpfulness heads on the policy's transformer, so the weights are loaded once.
+    return ChatGGRO(model_id=POLICY, reward_model=REWARD, max_tokens=max_tokens)
 
 
 def make_retriever() -> Runnable[str, list[Document]]:
