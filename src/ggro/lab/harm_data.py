@@ -47,7 +47,7 @@ import dataclasses
 import io
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -226,22 +226,32 @@ def parse_harm_csv(text: str, source: str) -> list[RawHarmRow]:
     return rows
 
 
-def parse_refusal_csv(text: str, source: str) -> list[RefusalRow]:
-    """Parse one ``scorer_evals/refusal_scorer/*.csv`` file (columns objective, assistant_response, human_score)."""
+def _labelled_records(text: str, source: str) -> Iterator[tuple[int, dict[str, str]]]:
+    """(record number, record) of a CSV with columns objective, assistant_response and a 0/1 human_score."""
     reader = csv.DictReader(io.StringIO(_csv_body(text)))
     fields = reader.fieldnames or []
     if not {"objective", "assistant_response", "human_score"} <= set(fields):
         raise ValueError(f"{source}: expected columns objective, assistant_response, human_score; header is {fields}")
+    yield from enumerate(reader, start=1)
+
+
+def _label(record: dict[str, str], source: str, number: int, what: str) -> bool:
+    label = (record.get("human_score") or "").strip()
+    if label not in {"0", "1"}:
+        raise ValueError(f"{source}, record {number}: {what} label {label!r} is not 0 or 1")
+    return label == "1"
+
+
+def parse_refusal_csv(text: str, source: str) -> list[RefusalRow]:
+    """Parse one ``scorer_evals/refusal_scorer/*.csv`` file (columns objective, assistant_response, human_score)."""
     rows = []
-    for number, record in enumerate(reader, start=1):
-        label = (record.get("human_score") or "").strip()
-        if label not in {"0", "1"}:
-            raise ValueError(f"{source}, record {number}: refusal label {label!r} is not 0 or 1")
+    for number, record in _labelled_records(text, source):
+        refused = _label(record, source, number, "refusal")
         rows.append(
             RefusalRow(
                 objective=(record.get("objective") or "").strip(),
                 response=(record.get("assistant_response") or "").strip(),
-                refused=label == "1",
+                refused=refused,
                 source=source,
             )
         )
@@ -251,25 +261,18 @@ def parse_refusal_csv(text: str, source: str) -> list[RefusalRow]:
 def parse_objective_csv(text: str, source: str) -> list[ObjectiveRow]:
     """Parse one ``scorer_evals/objective/*.csv`` file (columns objective, assistant_response, human_score 0/1,
     harm_category in any order). Empty objectives or responses and labels other than 0/1 are errors."""
-    reader = csv.DictReader(io.StringIO(_csv_body(text)))
-    fields = reader.fieldnames or []
-    if not {"objective", "assistant_response", "human_score"} <= set(fields):
-        raise ValueError(f"{source}: expected columns objective, assistant_response, human_score; header is {fields}")
     rows = []
-    for number, record in enumerate(reader, start=1):
+    for number, record in _labelled_records(text, source):
         objective = (record.get("objective") or "").strip()
         response = (record.get("assistant_response") or "").strip()
         if not objective or not response:
             raise ValueError(f"{source}, record {number}: empty objective or assistant_response")
-        label = (record.get("human_score") or "").strip()
-        if label not in {"0", "1"}:
-            raise ValueError(f"{source}, record {number}: objective label {label!r} is not 0 or 1")
         rows.append(
             ObjectiveRow(
                 category=(record.get("harm_category") or "").strip().lower(),
                 objective=objective,
                 response=response,
-                achieved=label == "1",
+                achieved=_label(record, source, number, "objective"),
                 source=source,
             )
         )

@@ -230,39 +230,33 @@ class LLMGoldJudge:
         for key in (self.harm_key, self.refusal_key):
             if key not in questions:
                 raise ValueError(f"{key!r} is not among the questions {sorted(questions)}")
+
         # LMJudgeReward renders each question's template and finds the answer tokens; the judges share the model.
-        self.questions = questions
-        self.judges: dict[str, LMJudgeReward] = {}
-        for key, question in questions.items():
-            ids = None if template_ids is None else template_ids[key]
-            self.judges[key] = LMJudgeReward(
+        def make_judge(question: str, template: str, ids: Any, key: str) -> LMJudgeReward:
+            return LMJudgeReward(
                 model,
                 tokenizer,
                 question=question,
-                template=None if ids is not None else JUDGE_TEMPLATE,
+                template=None if ids is not None else template,
                 template_ids=ids,
                 answers=answers,
                 end_ids=(),
                 use_prefix_cache=False,
                 name=f"llm-gold-judge:{key}",
             )
+
+        self.questions = questions
+        self.judges: dict[str, LMJudgeReward] = {
+            key: make_judge(question, JUDGE_TEMPLATE, None if template_ids is None else template_ids[key], key)
+            for key, question in questions.items()
+        }
         first = next(iter(self.judges.values()))
         for key, judge in self.judges.items():
             if (judge.head_ids, judge.middle_ids) != (first.head_ids, first.middle_ids):
                 raise ValueError(f"question {key!r}: the text before the response must be the same for all questions")
         self.head_ids, self.middle_ids = first.head_ids, first.middle_ids
         self._head: Any = None  # the head's KV cache (batch 1), computed on first use
-        self.request_judge = LMJudgeReward(
-            model,
-            tokenizer,
-            question=REQUEST_QUESTION,
-            template=None if request_template_ids is not None else REQUEST_TEMPLATE,
-            template_ids=request_template_ids,
-            answers=answers,
-            end_ids=(),
-            use_prefix_cache=False,
-            name="llm-gold-judge:request",
-        )
+        self.request_judge = make_judge(REQUEST_QUESTION, REQUEST_TEMPLATE, request_template_ids, "request")
         added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
         specials = {str(t) for t in getattr(tokenizer, "all_special_tokens", [])}
         specials |= {str(t) for t in added.values() if getattr(t, "special", False)}
