@@ -244,14 +244,23 @@ def run_eval(
             prompts_now = [prompt for _, prompt in items]
             with PeakMemory() as memory:
                 outputs = method.run(decoder, prompts_now, max_new_tokens, seed)
-            for (index, prompt), output in zip(items, outputs, strict=True):
-                texts = [output.text, *output.candidate_texts]
-                gold = judges[set_name]([prompt] * len(texts), texts)
-                extra_judges = {
-                    column: by_set[set_name]([prompt], [output.text])[0]
-                    for column, by_set in (secondary or {}).items()
-                    if set_name in by_set
-                }
+            # One judge call per batch (an LLM judge batches its forward passes): each response with its
+            # candidates, then the secondary judges on the responses.
+            texts = [[output.text, *output.candidate_texts] for output in outputs]
+            pairs = [(prompt, text) for (_, prompt), group in zip(items, texts, strict=True) for text in group]
+            flat = judges[set_name]([p for p, _ in pairs], [t for _, t in pairs]) if pairs else []
+            golds, start = [], 0
+            for group in texts:
+                golds.append(flat[start : start + len(group)])
+                start += len(group)
+            extra = {
+                column: by_set[set_name](prompts_now, [output.text for output in outputs])
+                for column, by_set in (secondary or {}).items()
+                if set_name in by_set
+            }
+            for position, ((index, prompt), output) in enumerate(zip(items, outputs, strict=True)):
+                gold = golds[position]
+                extra_judges = {column: values[position] for column, values in extra.items()}
                 row = {
                     "set": set_name,
                     "index": index,
