@@ -143,6 +143,12 @@ def test_ggro_eval_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixt
         ("realtoxicity", "vader sentiment"),
     }
     assert not any("probe_reward" in r for r in rows)  # the probe is the gold here, not a second column
+    # Judged in one call per batch, each row's golds are still its own: Best-of-N's answer is one of its
+    # candidates (equal up to float32 rounding: MiniLM embeds it in differently padded batches).
+    for r in rows:
+        if r["method"].startswith("bon-"):
+            assert len(r["candidate_gold_rewards"]) == int(r["method"][4:])
+            assert any(abs(g - r["gold_reward"]) < 1e-5 for g in r["candidate_gold_rewards"])
     assert {r["batch_size"] for r in rows} == {1, 2}  # windows of 2 prompts: 2, then 1
     assert all(r["peak_memory_mb"] and r["max_new_tokens"] == 6 for r in rows)
     assert all(-1.0 <= r["gold_reward"] <= 1.0 for r in rows if r["set"] == "realtoxicity")
