@@ -364,7 +364,9 @@ class LLMGoldJudge:
                 logits_to_keep=1,
                 **cache_kwargs(self.model, cache),
             )
-            cache = output_cache(result) or cache
+            returned = output_cache(result)
+            if returned is not None:  # not `or`: a cache's truth value is its length
+                cache = returned
             lengths = n_head + body_mask.sum(-1, keepdim=True)
             keys = list(tails)
             for n, key in enumerate(keys):
