@@ -154,6 +154,15 @@ def test_pairs_are_oriented_and_kept_on_their_side() -> None:
     assert [(p.chosen, p.rejected) for p in by_source["objective-sets"]] == [("I can't.", "Sure: ...")]
     assert build_pairs(data, {prompt: "An on-topic answer."}, 1) == []
 
+    # Styled answers: one pair each over a refusal the greedy answer's pairs do not use; refusals and repeats
+    # are dropped.
+    styled = {prompt: ["A brief answer.", "I'm sorry, but I can't help.", "A brief answer.", "A chatty answer."]}
+    pairs = build_pairs(data, {prompt: "An on-topic answer."}, 0, styled)
+    extra = [(p.chosen, p.rejected) for p in pairs if p.source == "everyday-styles"]
+    assert extra == [("A brief answer.", refusal_for(prompt, 2)), ("A chatty answer.", refusal_for(prompt, 3))]
+    assert len({r for _, r in extra} | {p.rejected for p in pairs if p.source == "everyday"}) == 4
+    assert build_pairs(data, {}, 1, styled) == []
+
 
 def test_reward_shares_policy_only_for_the_matching_policy() -> None:
     assert reward_shares_policy(QWEN_GUIDANCE_POLICY, QWEN_GUIDANCE_REWARD)
@@ -224,7 +233,7 @@ def test_shipped_heads_record_the_held_out_figures_and_meet_the_refusal_target()
     assert held["composite"]["pairs"]["all"]["accuracy"] > 0.9
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16's target (<= 5 of 46 prefer the refusal) is not met yet: 21 of 46")
+@pytest.mark.xfail(strict=True, reason="issue 16's target (<= 5 of 46 prefer the refusal) is not met yet: 14 of 46")
 def test_shipped_composite_meets_the_refusal_diagnostic_target() -> None:
     held = _shipped_meta(QWEN_HARM_HEAD_NAME)["held_out_all_heads"]
     assert held["composite"]["diagnostic"]["prefer_refusal"] <= DIAGNOSTIC_TARGET

@@ -416,6 +416,92 @@ _RISKY_SOUNDING = (
     "How do I carve a pumpkin for Halloween?",
 )
 
+_CREATIVE = (
+    "Write a short poem about a city waking up.",
+    "Write a limerick about a forgetful wizard.",
+    "Write four lines of verse about a train journey at night.",
+    "Write a short story about a robot learning to bake bread.",
+    "Write a two-paragraph story about a lighthouse keeper's last night on duty.",
+    "Write a short fable about a tortoise and a crow.",
+    "Tell me a joke about penguins.",
+    "Tell me a clean joke about computers.",
+    "Tell me a knock-knock joke.",
+    "Make up a riddle about a candle.",
+    "Give me a tongue twister about sheep.",
+    "Share an interesting fact about octopuses.",
+    "Share a surprising fact about the history of chocolate.",
+    "Tell me something interesting about the Moon landing.",
+    "Suggest some names for a pet hamster.",
+    "Suggest names for a bicycle repair shop.",
+    "Come up with a name for a board game about pirates.",
+    "Suggest a title for a podcast about local history.",
+    "Write a slogan for a community library.",
+    "Write a catchy tagline for a lemonade stand.",
+    "Describe a busy market in the morning.",
+    "Describe a cosy mountain cabin in winter.",
+    "Write a description of a futuristic underwater city.",
+    "Describe the taste of a ripe mango to someone who has never had one.",
+    "Write a thank-you note to a neighbour who watered my plants.",
+    "Write a short toast for my sister's wedding.",
+    "Write a welcome message for new members of a hiking club.",
+    "Write a product description for a handmade wooden spoon.",
+    "Write an opening line for a science fiction novel.",
+    "Help me brainstorm plot twists for a detective story set on a ship.",
+    "Brainstorm some themes for a school art exhibition.",
+    "Invent a new holiday and describe how people celebrate it.",
+    "Create a superhero whose power is gardening.",
+    "Write a dialogue between a cat and a dog about breakfast.",
+    "Write a motivational message for someone starting a new job.",
+    "Write song lyrics about a summer road trip.",
+    "Give me some fun would-you-rather questions for a road trip.",
+    "Give me some trivia questions about famous paintings.",
+    "Write a bedtime story about a sleepy dragon.",
+    "Write a short speech for a primary school sports day.",
+)
+
+_QUESTIONS = (
+    "How does the heart pump blood around the body?",
+    "How do earthquakes happen?",
+    "How does a microwave oven heat food?",
+    "How do submarines dive and surface?",
+    "How does the stock market work?",
+    "How do birds know where to migrate?",
+    "How does GPS work out where I am?",
+    "How do noise-cancelling headphones work?",
+    "How does a bill of lading work in shipping?",
+    "How does composting turn food scraps into soil?",
+    "What are the benefits of learning a musical instrument?",
+    "What are the benefits of walking every day?",
+    "What are the health benefits of eating oats?",
+    "What are the main features of Gothic architecture?",
+    "What are the stages of the water treatment process?",
+    "What are the parts of a flower and what do they do?",
+    "What foods are high in protein for vegetarians?",
+    "What were the main achievements of the Roman Empire?",
+    "What causes the seasons on Earth?",
+    "What causes thunder and lightning?",
+    "What causes muscle cramps?",
+    "What causes hiccups?",
+    "Why do onions make us cry?",
+    "Why do cats purr?",
+    "Why does bread go stale?",
+    "Why do we dream?",
+    "Why is the ocean salty?",
+    "Explain the process of fermentation.",
+    "Explain how the kidneys filter blood.",
+    "Explain how a camera lens focuses light.",
+    "Explain the theory of evolution.",
+    "Explain how interest rates affect mortgages.",
+    "Describe how a volcano forms.",
+    "What is quantum computing?",
+    "What is the greenhouse effect?",
+    "What is the role of the United Nations?",
+    "What is a sonnet?",
+    "Who was Ada Lovelace?",
+    "How do I manage stress during exams?",
+    "What are good ways to stay motivated when learning to code?",
+)
+
 
 def _everyday_prompts() -> list[str]:
     prompts = [f"How do I {task}?" for task in _HOW_TO]
@@ -424,13 +510,17 @@ def _everyday_prompts() -> list[str]:
     prompts += [f"Give me {counts[i % 3]} ideas for {thing}." for i, thing in enumerate(_IDEAS)]
     prompts += [f"What is the difference between {a} and {b}?" for a, b in _DIFFERENCES]
     prompts += list(_RISKY_SOUNDING)
+    prompts += [*_CREATIVE, *_QUESTIONS]
     return prompts
 
 
 EVERYDAY_PROMPTS: tuple[str, ...] = tuple(_everyday_prompts())
-"""220 everyday requests written for this training (80 how-to, 50 explanations, 40 idea lists, 30 differences,
-20 that merely sound risky), on topics chosen away from the evaluation's benign prompts; disjointness from
-every evaluation set is checked in code (:func:`check_disjoint`)."""
+"""300 everyday requests written for this training (80 how-to, 50 explanations, 40 idea lists, 30 differences,
+20 that merely sound risky, 40 creative tasks, 40 direct questions), on topics chosen away from the evaluation's
+benign prompts and the refusal diagnostic's objectives; disjointness from every evaluation set is checked in
+code (:func:`check_disjoint`). The last two groups were added after the first heads preferred the refusal on
+the diagnostic's creative tasks (poems, stories, names, jokes) and plainly phrased questions, which the first
+220 lacked: the diagnostic is no longer blind to that choice of kinds, while its topics and texts stay unseen."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -477,6 +567,32 @@ def _guidance_dir() -> Path:
     return cache_root() / "guidance"
 
 
+@dataclasses.dataclass(frozen=True)
+class AnswerStyle:
+    """How the policy is asked for one extra set of everyday answers: a system message, and optional sampling.
+
+    The greedy answers under Qwen's default system message all open alike ("To ..., you can follow these
+    steps:"), so a head trained on them alone learns that style rather than "on topic beats refusing"."""
+
+    name: str
+    system: str | None = None
+    temperature: float | None = None
+    """None: greedy; else sampled with this temperature, top-p :data:`STYLE_TOP_P`, seeded per batch."""
+
+
+STYLE_TOP_P = 0.95
+ANSWER_STYLES: tuple[AnswerStyle, ...] = (
+    AnswerStyle("brief", system="You are a helpful assistant. Answer in two or three plain sentences."),
+    AnswerStyle(
+        "chatty",
+        system="You are a friendly assistant. Reply conversationally in plain prose, without headings or lists.",
+    ),
+    AnswerStyle("sampled", temperature=0.8),
+)
+"""Extra on-topic answers per everyday prompt (pairs source ``everyday-styles``): chosen without looking at
+the refusal diagnostic's answers, as the kinds of variation an assistant shows (length, tone, sampling)."""
+
+
 @torch.inference_mode()
 def generate_answers(
     prompts: Sequence[str],
@@ -485,10 +601,19 @@ def generate_answers(
     max_new_tokens: int = ANSWER_TOKENS,
     batch_size: int = 16,
     cache_name: str = "everyday-answers",
+    style: AnswerStyle | None = None,
 ) -> list[str]:
-    """The policy's greedy answers (``max_new_tokens``) to ``prompts``, batched with left padding; cached as
-    JSON under ``<cache>/guidance/`` per prompt (reruns and interrupted runs reuse what is there)."""
-    settings = {"policy": embedded_policy(POLICY).gguf_sha256, "max_new_tokens": max_new_tokens, "format": 1}
+    """The policy's answers (``max_new_tokens``; greedy unless ``style`` samples) to ``prompts``, batched with
+    left padding; cached as JSON under ``<cache>/guidance/`` per prompt (reruns and interrupted runs reuse what
+    is there)."""
+    settings: dict[str, Any] = {
+        "policy": embedded_policy(POLICY).gguf_sha256,
+        "max_new_tokens": max_new_tokens,
+        "format": 1,
+    }
+    if style is not None:
+        settings["style"] = dataclasses.asdict(style)
+        cache_name = f"{cache_name}-{style.name}"
     path = _guidance_dir() / f"{cache_name}-{_digest(settings)[:16]}.json"
     done: dict[str, str] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     todo = [p for p in dict.fromkeys(prompts) if p not in done]
@@ -498,16 +623,19 @@ def generate_answers(
         started = time.perf_counter()
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
+            system = [{"role": "system", "content": style.system}] if style and style.system else []
             texts = [
                 tokenizer.apply_chat_template(
-                    [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+                    [*system, {"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
                 )
                 for p in batch
             ]
             enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
-            out = model.generate(
-                **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
-            )
+            sampling: dict[str, Any] = {"do_sample": False}
+            if style is not None and style.temperature is not None:
+                torch.manual_seed(SPLIT_SEED + start)
+                sampling = {"do_sample": True, "temperature": style.temperature, "top_p": STYLE_TOP_P, "top_k": 0}
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling)
             for prompt, row in zip(batch, out[:, enc["input_ids"].shape[1] :], strict=True):
                 done[prompt] = tokenizer.decode(row, skip_special_tokens=True).strip()
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -520,6 +648,12 @@ def generate_answers(
                 flush=True,
             )
     return [done[p] for p in prompts]
+
+
+def generate_styled_answers(prompts: Sequence[str], **kwargs: Any) -> dict[str, list[str]]:
+    """One answer per :data:`ANSWER_STYLES` entry to each prompt, in the styles' order (cached per style)."""
+    per_style = [generate_answers(prompts, style=style, **kwargs) for style in ANSWER_STYLES]
+    return {prompt: [answers[i] for answers in per_style] for i, prompt in enumerate(prompts)}
 
 
 class _FeatureStore:
@@ -722,14 +856,22 @@ def _mixed_objectives(rows: Sequence[ObjectiveRow]) -> set[str]:
     return {k for k, v in labels.items() if len(v) == 2}
 
 
-def build_pairs(data: Data, answers: dict[str, str], side: int) -> list[Pair]:
-    """Every preference pair of one side (0: guidance, 1: held out); see the module doc for the sources."""
+def build_pairs(
+    data: Data, answers: dict[str, str], side: int, styled: dict[str, Sequence[str]] | None = None
+) -> list[Pair]:
+    """Every preference pair of one side (0: guidance, 1: held out); see the module doc for the sources.
+    ``styled``: extra on-topic answers per everyday prompt (:data:`ANSWER_STYLES`), each over one refusal."""
     pairs: list[Pair] = []
     for prompt in EVERYDAY_PROMPTS:
+        if objective_key(prompt) not in data.everyday_sides[side]:
+            continue
         answer = answers.get(prompt, "")
-        if objective_key(prompt) in data.everyday_sides[side] and answer and not looks_like_refusal(answer):
+        if answer and not looks_like_refusal(answer):
             for i in range(REFUSALS_PER_EVERYDAY_PROMPT):
                 pairs.append(Pair("everyday", prompt, answers[prompt], refusal_for(prompt, i)))
+        extra = [a for a in (styled or {}).get(prompt, ()) if a and not looks_like_refusal(a)]
+        for i, text in enumerate(dict.fromkeys(extra)):
+            pairs.append(Pair("everyday-styles", prompt, text, refusal_for(prompt, REFUSALS_PER_EVERYDAY_PROMPT + i)))
     by_objective: dict[str, list[HarmRow]] = defaultdict(list)
     for row in data.harm_rows:
         if row.key in data.harm_keys(side):
@@ -773,7 +915,9 @@ def _pair_texts(pairs: Iterable[Pair]) -> list[tuple[str, str]]:
     return list(dict.fromkeys(t for p in pairs for t in ((p.objective, p.chosen), (p.objective, p.rejected))))
 
 
-def gather_features(data: Data, *, answers: dict[str, str] | None = None) -> dict[str, str]:
+def gather_features(
+    data: Data, *, answers: dict[str, str] | None = None, styled: dict[str, Sequence[str]] | None = None
+) -> dict[str, str]:
     """Answers and features of everything the training reads, in order of need; each store is cached, and the
     responses to one prompt go in one call so that the prompt runs once. Returns the everyday answers."""
     extract_features([*data.diagnostic, *((o, CANNED_REFUSAL) for o, _ in data.diagnostic)], store="diagnostic")
@@ -786,8 +930,8 @@ def gather_features(data: Data, *, answers: dict[str, str] | None = None) -> dic
     extract_features(harm_texts(harm_sides[0]), store="harm")
     if answers is None:
         answers = dict(zip(EVERYDAY_PROMPTS, generate_answers(EVERYDAY_PROMPTS), strict=True))
-    pairs = [*build_pairs(data, answers, 0), *build_pairs(data, answers, 1)]
-    for source in ("everyday", "many-shot"):
+    pairs = [*build_pairs(data, answers, 0, styled), *build_pairs(data, answers, 1, styled)]
+    for source in ("everyday", "everyday-styles", "many-shot"):
         extract_features(_pair_texts(p for p in pairs if p.source == source), store=_store_of(source))
     objective_texts = _pair_texts(p for p in pairs if p.source == "objective-sets")
     objective_texts += [(r.objective, r.response) for r in data.objective_rows if r.key in data.objective_sides[1]]
@@ -799,6 +943,7 @@ def gather_features(data: Data, *, answers: dict[str, str] | None = None) -> dic
 def _store_of(source: str) -> str:
     return {
         "everyday": "everyday",
+        "everyday-styles": "everyday",
         "many-shot": "manyshot",
         "objective-sets": "objective",
         "harmful-refusal": "harm",
@@ -1057,6 +1202,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out-dir", type=Path, default=HEADS_DIR, help="where to write the heads")
     parser.add_argument("--no-save", action="store_true", help="report the figures only")
     parser.add_argument(
+        "--no-styles",
+        action="store_true",
+        help="train on the greedy everyday answers only (no ANSWER_STYLES pairs): the previous heads' data",
+    )
+    parser.add_argument(
         "--cached-objective-rows",
         action="store_true",
         help="evaluate the objective sets' held-out rows whose features are cached only (the rest are skipped "
@@ -1080,14 +1230,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     data = load_data(split_seed=args.split_seed)
     answers = dict(zip(EVERYDAY_PROMPTS, generate_answers(EVERYDAY_PROMPTS), strict=True))
+    styled = generate_styled_answers(EVERYDAY_PROMPTS) if not args.no_styles else None
     if not args.cached_objective_rows:
-        gather_features(data, answers=answers)
+        gather_features(data, answers=answers, styled=styled)
     guidance_rows = [r for r in data.harm_rows if r.key in data.harm_sides[0]]
     held_rows = [r for r in data.harm_rows if r.key in data.harm_keys(1)]
     harm_g = extract_features([(r.objective, r.response) for r in guidance_rows], store="harm")
     harm_h = extract_features([(r.objective, r.response) for r in held_rows], store="harm")
     held_harm = np.array([r.harm for r in held_rows])
-    pairs_g, pairs_h = build_pairs(data, answers, 0), build_pairs(data, answers, 1)
+    pairs_g, pairs_h = build_pairs(data, answers, 0, styled), build_pairs(data, answers, 1, styled)
     pf_g, pf_h = pair_features(pairs_g), pair_features(pairs_h)
     objective_held = [r for r in data.objective_rows if r.key in data.objective_sides[1]]
     objective_total = len(objective_held)
@@ -1239,14 +1390,15 @@ def _markdown(
     }
     lines = [
         "| reward | guidance side, cross-validated | held-out harm Spearman / AUC | held-out objective-set AUC "
-        "| held-out pair accuracy (everyday / harmful-refusal / harm-scores / objective-sets / many-shot) "
+        "| held-out pair accuracy (everyday / everyday-styles / harmful-refusal / harm-scores / objective-sets / "
+        "many-shot) "
         "| refusal diagnostic: prefers the refusal |",
         "|---|---|---|---|---|---|",
     ]
     if before is not None:
         lines.append(f"| smollm2-harm-head (before) | | | | | {before['prefer_refusal']}/{before['n']} |")
     for name, h in held.items():
-        sources = ("everyday", "harmful-refusal", "harm-scores", "objective-sets", "many-shot")
+        sources = ("everyday", "everyday-styles", "harmful-refusal", "harm-scores", "objective-sets", "many-shot")
         pairs = " / ".join(f"{h['pairs'][s]['accuracy']:.4f}" if s in h["pairs"] else "-" for s in sources)
         lines.append(
             f"| {name} | {cv[name]} | {h['harm_half']['full']['spearman']:.4f} / {h['harm_half']['full']['auc']:.4f} "
