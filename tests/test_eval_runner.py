@@ -108,6 +108,24 @@ def test_rows_and_resume(decoder: GGRODecoder, tmp_path: Path) -> None:
     assert [r["max_new_tokens"] for r in rows].count(6) == 2  # one prompt of each set
 
 
+def test_candidates_can_go_unjudged(decoder: GGRODecoder, tmp_path: Path) -> None:
+    judge = CountingJudge()
+    rows = run_eval(
+        decoder,
+        {"harmful": SETS["harmful"]},
+        ["bon-3"],
+        {"harmful": judge},
+        tmp_path / "r.jsonl",
+        max_new_tokens=6,
+        limit=2,
+        progress=False,
+        judge_candidates=False,
+    )
+    assert judge.responses == 2  # the two returned responses, none of the 6 samples
+    assert [(r["candidates"], r["candidate_gold_rewards"]) for r in rows] == [(3, []), (3, [])]
+    assert all(r["gold_reward"] == CountingJudge()(["p"], [r["text"]])[0] for r in rows)
+
+
 def test_every_set_needs_a_judge(decoder: GGRODecoder, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"judges: no gold judge for prompt set\(s\) \['benign'\]"):
         run_eval(decoder, SETS, ["greedy"], {"harmful": CountingJudge()}, tmp_path / "x.jsonl", max_new_tokens=4)
@@ -139,3 +157,16 @@ def test_speed_variant_names_spell_their_options() -> None:
     others = ("ggro", "ggro-r3", "ggro-x", "ggro-x0.1-parallel", "ggroparallel")
     assert [runner.ggro_speed_variant(n) for n in others] == [None] * len(others)
     assert runner.parse_method("ggro-parallel-x0.5").name == "ggro-parallel-x0.5"
+
+
+def test_benign_set_spreads_its_risky_sounding_prompts() -> None:
+    from ggro.lab.prompts import EVERYDAY_BENIGN, RISKY_SOUNDING_BENIGN, benign_prompts
+
+    assert sorted(benign_prompts(100)) == sorted(EVERYDAY_BENIGN + RISKY_SOUNDING_BENIGN)
+    prompts = benign_prompts(64)
+    risky = [p in RISKY_SOUNDING_BENIGN for p in prompts]
+    assert sum(risky) == 16 and len(set(prompts)) == 64  # the full list's proportion, 25 of 100
+    assert sum(risky[:32]) == 8  # a run stopped half-way has half of them
+    assert [p for p, r in zip(prompts, risky, strict=True) if r] == RISKY_SOUNDING_BENIGN[:16]
+    with pytest.raises(ValueError, match=r"n must be in 1\.\.100"):
+        benign_prompts(0)

@@ -297,6 +297,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         settings={"command": command, "gold judge": GOLD_JUDGES[args.gold]},
         gold=args.gold,
+        judge_candidates=args.candidate_gold,
     )
     print(f"report: {path}")
     return 0
@@ -429,6 +430,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--out-dir", default="docs/results")
+    ev.add_argument(
+        "--candidate-gold",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Gold-judge every Best-of-N / GGRO candidate too (the report's pool coverage); "
+        "--no-candidate-gold judges only the returned responses (an LLM judge costs one call per text).",
+    )
     ev.add_argument("--no-progress", action="store_true")
     ev.add_argument("--report-only", action="store_true", help="Only rewrite the report from OUT_DIR/eval.jsonl.")
     ev.add_argument("--title", default="Evaluation: greedy, Best-of-N, ARGS and GGRO", help=argparse.SUPPRESS)

@@ -137,11 +137,15 @@ DEMO_PROMPTS: list[tuple[str, str]] = [
 
 
 def benign_prompts(n: int) -> list[str]:
-    """``n`` benign prompts with everyday and risky-sounding ones in the proportion of the full list."""
+    """``n`` benign prompts with everyday and risky-sounding ones in the proportion of the full list, the
+    risky-sounding ones spread evenly through the list (the first k prompts of an evaluation stopped early hold
+    both kinds in about that proportion)."""
     if not 0 < n <= len(BENIGN_PROMPTS):
         raise ValueError(f"benign prompts: n must be in 1..{len(BENIGN_PROMPTS)}, got {n}")
     risky = round(n * len(RISKY_SOUNDING_BENIGN) / len(BENIGN_PROMPTS))
-    return EVERYDAY_BENIGN[: n - risky] + RISKY_SOUNDING_BENIGN[:risky]
+    everyday, sounding = iter(EVERYDAY_BENIGN[: n - risky]), iter(RISKY_SOUNDING_BENIGN[:risky])
+    # Position i is risky-sounding when the running quota floor((i + 1) * risky / n) steps up there.
+    return [next(sounding) if (i + 1) * risky // n > i * risky // n else next(everyday) for i in range(n)]
 
 
 def harmbench_prompts() -> list[str]:

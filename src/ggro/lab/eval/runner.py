@@ -178,6 +178,7 @@ def run_eval(
     progress: bool = True,
     gold_names: Mapping[str, str] | None = None,
     secondary: Mapping[str, Mapping[str, Judge]] | None = None,
+    judge_candidates: bool = True,
 ) -> list[dict[str, Any]]:
     """Run every method on the first ``limit`` prompts of every set, appending one row per response to
     ``out`` (JSONL). ``gold_names``: the name of each set's gold judge, recorded as ``gold_judge`` (rows of a
@@ -186,7 +187,9 @@ def run_eval(
     method, seed and budget) are skipped, so an interrupted run resumes where it stopped. Batched methods
     decode ``batch_size`` prompts of a set together; each row records its batch size, the peak memory of its
     batch and the models (:func:`model_identity`); a file holding rows of other models is refused rather than
-    mixed. Returns all rows of ``out``."""
+    mixed. ``judge_candidates=False``: only the returned responses get a gold score (``candidate_gold_rewards``
+    is empty, so the report has no pool coverage): Best-of-16 under an LLM judge otherwise costs 17 judge calls a
+    prompt. Returns all rows of ``out``."""
     parsed = [parse_method(m) for m in methods]
     if batch_size < 1:
         raise ValueError(f"batch_size: must be at least 1, got {batch_size}")
@@ -246,7 +249,7 @@ def run_eval(
                 outputs = method.run(decoder, prompts_now, max_new_tokens, seed)
             # One judge call per batch (an LLM judge batches its forward passes): each response with its
             # candidates, then the secondary judges on the responses.
-            texts = [[output.text, *output.candidate_texts] for output in outputs]
+            texts = [[output.text, *(output.candidate_texts if judge_candidates else [])] for output in outputs]
             pairs = [(prompt, text) for (_, prompt), group in zip(items, texts, strict=True) for text in group]
             flat = judges[set_name]([p for p, _ in pairs], [t for _, t in pairs]) if pairs else []
             golds, start = [], 0

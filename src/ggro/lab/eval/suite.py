@@ -232,10 +232,12 @@ def evaluate(
     settings: dict[str, Any] | None = None,
     extra_sets: Mapping[str, Sequence[str]] | None = None,
     gold: str = "llm",
+    judge_candidates: bool = True,
 ) -> Path:
     """Run ``methods`` over the standard prompt sets ``sets`` and any ``extra_sets`` (first ``limit`` prompts
     of each), judged by ``gold`` (:data:`GOLD_JUDGES`), appending to ``out_dir/eval.jsonl`` (resumable), then
-    write the report and plots; returns the report path."""
+    write the report and plots; returns the report path. ``judge_candidates``: see
+    :func:`ggro.lab.eval.runner.run_eval`."""
     suite = default_suite(sets, size, extra_sets, gold)
     jsonl = out_dir / "eval.jsonl"
     run_eval(
@@ -251,6 +253,7 @@ def evaluate(
         progress=progress,
         gold_names=suite.gold_names,
         secondary=suite.secondary,
+        judge_candidates=judge_candidates,
     )
     info = {**(settings or {}), "max_new_tokens": max_new_tokens, "batch_size": batch_size}
     return write_report(
