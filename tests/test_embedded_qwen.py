@@ -475,13 +475,13 @@ def qwen() -> Iterator[GGRODecoder]:
 
 def _greedy(decoder: GGRODecoder, messages: list[dict[str, str]], **template: Any) -> tuple[list[int], str]:
     tokenizer, model = decoder.tokenizer, decoder.policy
-    inputs = tokenizer.apply_chat_template(
+    inputs: Any = tokenizer.apply_chat_template(
         messages, add_generation_prompt=True, return_tensors="pt", return_dict=True, **template
     )
     with torch.no_grad():
         out = model.generate(**inputs, do_sample=False, max_new_tokens=48)
-    response = out[0, inputs["input_ids"].shape[1] :].tolist()
-    return response, tokenizer.decode(response, skip_special_tokens=True)
+    response: list[int] = out[0, inputs["input_ids"].shape[1] :].tolist()
+    return response, str(tokenizer.decode(response, skip_special_tokens=True))
 
 
 @pytest.mark.slow
@@ -499,11 +499,13 @@ def test_qwen_tokens_template_and_cache(qwen: GGRODecoder, monkeypatch: pytest.M
         tokenizer("hi", add_special_tokens=True)["input_ids"] == tokenizer("hi", add_special_tokens=False)["input_ids"]
     )
 
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "What is 17 times 23?"}],
-        tools=[MULTIPLY],
-        add_generation_prompt=True,
-        tokenize=False,
+    text = str(
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": "What is 17 times 23?"}],
+            tools=[MULTIPLY],
+            add_generation_prompt=True,
+            tokenize=False,
+        )
     )
     assert "# Tools" in text and "<tools>" in text and '"name": "multiply"' in text and "<tool_call>" in text
     assert text.endswith("<|im_start|>assistant\n")
