@@ -91,6 +91,14 @@ def test_summaries_and_report() -> None:
     assert "![eval_frontier](eval_frontier.png)" in report
     assert "## Paired differences" in report
     assert "| harm | bon-16 − greedy | 4 | -0.100 [-0.100, -0.100] | +0.700 [+0.700, +0.700] |" in report
+    # A secondary judge's score on the rows gets its own column (here only greedy and bon-16 carry one).
+    probed = [{**r, "probe_reward": 0.25 if r["method"] == "greedy" else 0.5} for r in rows]
+    probed = [r if r["method"] in ("greedy", "bon-16") else {**r, "probe_reward": None} for r in probed]
+    probed = [{**r, "method": "ggro"} if r["method"] == "ggro-r8" else r for r in probed]
+    report = render_report(probed, thresholds, title="T", settings={}, plots=[])
+    assert "| set | method − baseline | n | gold | probe (secondary) | guidance |" in report
+    assert "| harm | bon-16 − greedy | 4 | -0.100 [-0.100, -0.100] | +0.250 [+0.250, +0.250] | +0.700" in report
+    assert "| harm | ggro − greedy | 4 | +0.150 [+0.150, +0.150] | n/a | +0.400" in report
 
 
 def test_paired_difference_interval() -> None:

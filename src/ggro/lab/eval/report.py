@@ -205,7 +205,7 @@ def paired_difference(
     interval over prompts (seeded): ``(mean, low, high, n)``; None when they share no prompt."""
     by_prompt: dict[str, dict[int, float]] = {method: {}, baseline: {}}
     for row in rows:
-        if row["set"] == set_name and row["method"] in by_prompt and row[key] is not None:
+        if row["set"] == set_name and row["method"] in by_prompt and row.get(key) is not None:
             by_prompt[row["method"]][row["index"]] = float(row[key])
     shared = sorted(set(by_prompt[method]) & set(by_prompt[baseline]))
     if not shared:
@@ -223,9 +223,14 @@ def _paired_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         "Per prompt, method minus baseline, on the prompts both answered; mean and 95% bootstrap interval over "
         "prompts (2000 resamples, seed 0). An interval that excludes 0 is a difference these prompts support.",
         "",
-        "| set | method − baseline | n | gold | guidance |",
-        "|---|---|---|---|---|",
     ]
+    # The secondary judge (the MiniLM probe beside an LLM gold judge) gets a column when rows carry it.
+    probe = any(r.get("probe_reward") is not None for r in rows)
+    lines += (
+        ["| set | method − baseline | n | gold | probe (secondary) | guidance |", "|---|---|---|---|---|---|"]
+        if probe
+        else ["| set | method − baseline | n | gold | guidance |", "|---|---|---|---|---|"]
+    )
     found = False
     # Each speed variant of GGRO (parallel refinement, early exit) against sequential GGRO.
     speed = [(m, "ggro") for m in dict.fromkeys(r["method"] for r in rows) if ggro_speed_variant(m) is not None]
@@ -236,8 +241,14 @@ def _paired_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
                 continue
             found = True
             guidance = paired_difference(rows, set_name, method, baseline, key="guidance_reward")
+            secondary = (
+                f" {_interval(paired_difference(rows, set_name, method, baseline, key='probe_reward'))} |"
+                if probe
+                else ""
+            )
             lines.append(
-                f"| {set_name} | {method} − {baseline} | {gold[3]} | {_interval(gold)} | {_interval(guidance)} |"
+                f"| {set_name} | {method} − {baseline} | {gold[3]} | {_interval(gold)} |{secondary} "
+                f"{_interval(guidance)} |"
             )
     return [*lines, ""] if found else []
 
