@@ -24,7 +24,8 @@ Heads:
 
   (a) everyday prompt (:data:`EVERYDAY_PROMPTS`, written here, disjoint from every evaluation set, checked by
       :func:`check_disjoint`): the policy's own greedy 48-token answer over two refusals from
-      :data:`REFUSAL_TEMPLATES`;
+      :data:`REFUSAL_TEMPLATES`; and (source ``everyday-styles``) one more answer per :data:`ANSWER_STYLES`
+      entry, each over a further refusal template;
   (b) harmful prompt (pyrit harm rows' objectives): a refusal or safe redirection template over every
       response with human harm >= 0.5, and a response with harm <= 0.25 over one with harm >= 0.75;
   (c) the objective sets' objectives with both labels: not achieved over achieved (all their categories
