@@ -1382,7 +1382,7 @@ def _markdown(
     choice: dict[str, Any],
     before: dict[str, Any] | None,
 ) -> str:
-    """The figures as the markdown table of docs/rewards.md."""
+    """The figures as the markdown table of docs/qwen_guidance.md."""
     chosen = next(e for e in choice["table"] if e["w_help"] == choice["w_help"])
     cv = {
         "harm": f"harm Spearman {harm_cv['spearman_full']:.4f}, AUC {harm_cv['auc_full']:.4f}",
