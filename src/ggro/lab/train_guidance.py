@@ -59,7 +59,7 @@ import json
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -858,7 +858,7 @@ def _mixed_objectives(rows: Sequence[ObjectiveRow]) -> set[str]:
 
 
 def build_pairs(
-    data: Data, answers: dict[str, str], side: int, styled: dict[str, Sequence[str]] | None = None
+    data: Data, answers: dict[str, str], side: int, styled: Mapping[str, Sequence[str]] | None = None
 ) -> list[Pair]:
     """Every preference pair of one side (0: guidance, 1: held out); see the module doc for the sources.
     ``styled``: extra on-topic answers per everyday prompt (:data:`ANSWER_STYLES`), each over one refusal."""
@@ -917,7 +917,7 @@ def _pair_texts(pairs: Iterable[Pair]) -> list[tuple[str, str]]:
 
 
 def gather_features(
-    data: Data, *, answers: dict[str, str] | None = None, styled: dict[str, Sequence[str]] | None = None
+    data: Data, *, answers: dict[str, str] | None = None, styled: Mapping[str, Sequence[str]] | None = None
 ) -> dict[str, str]:
     """Answers and features of everything the training reads, in order of need; each store is cached, and the
     responses to one prompt go in one call so that the prompt runs once. Returns the everyday answers."""
