@@ -232,7 +232,7 @@ def _paired_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         else ["| set | method − baseline | n | gold | guidance |", "|---|---|---|---|---|"]
     )
     found = False
-    # Each speed variant of GGRO (parallel refinement, early exit) against sequential GGRO.
+    # Each speed variant of GGRO (a refinement mode, early exit) against GGRO at the default preset (`ggro`).
     speed = [(m, "ggro") for m in dict.fromkeys(r["method"] for r in rows) if ggro_speed_variant(m) is not None]
     for set_name in dict.fromkeys(r["set"] for r in rows):
         for method, baseline in [*PAIRS, *speed]:
