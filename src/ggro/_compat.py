@@ -102,3 +102,24 @@ def copy_cache_row(cache: DynamicCache, target: int, source: int) -> None:
             continue
         keys[target].copy_(keys[source])
         values[target].copy_(values[source])
+
+
+def cache_rows(model: Any, cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
+    """A new cache holding copies of the batch rows ``rows`` (indices) of a non-empty ``cache``, every layer."""
+    sub = new_cache(model)
+    for index, layer in enumerate(list[Any](cache.layers)):
+        picked = rows.to(layer.keys.device)
+        sub.update(layer.keys.index_select(0, picked), layer.values.index_select(0, picked), index)
+    return sub
+
+
+def merge_cache_rows(cache: DynamicCache, sub: DynamicCache, rows: torch.Tensor, width: int) -> None:
+    """Grow every row of ``cache`` by ``width`` slots: for the batch rows ``rows``, the last ``width`` slots of
+    ``sub`` (a pass over those rows only, from :func:`cache_rows`); zeros elsewhere (in place, all layers)."""
+    for layer, fed in zip(list[Any](cache.layers), list[Any](sub.layers), strict=True):
+        for name in ("keys", "values"):
+            full, new = getattr(layer, name), getattr(fed, name)[:, :, -width:]
+            grown = full.new_zeros(full.shape[0], full.shape[1], full.shape[2] + width, full.shape[3])
+            grown[:, :, : full.shape[2]] = full
+            grown[rows.to(full.device), :, full.shape[2] :] = new
+            setattr(layer, name, grown)

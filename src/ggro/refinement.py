@@ -14,7 +14,7 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from ._batch import Answer, FeedRequest, Fork, Join, Request, Rollback, feed, feed_branches
+from ._batch import Answer, FeedRequest, Fork, GradientFeed, Join, Request, Rollback, feed, feed_branches, gradient
 from .config import GGROConfig
 from .constraints import ConstraintState, GrammarVocabulary
 from .detokenize import Detokenizer
@@ -130,6 +130,9 @@ class SegmentRefiner:
         self.guard = guard
         # Re-tokenised joins may change the context's ids, so its states would no longer match them.
         self.fused = cfg.fused_reward and parts.reward_reads_states and not cfg.retokenize_between_segments
+        self.fused_gradients = self.fused and parts.reward.differentiates_states
+        self.gradient_work = _GradientWork()
+        """The gradients taken through the policy's cache (the session counts its own calls)."""
 
     def refine(self, plan: SegmentPlan, ids: list[int], steps: int) -> _Steps:
         """Draft, then up to ``steps - 1`` nudged refinements; every candidate lands in ``plan.candidates``."""
@@ -323,6 +326,8 @@ class SegmentRefiner:
         a fused reward, a reward without gradient is read from the candidate's states."""
         if grad_at is None and self.fused:
             score = yield from self._score_from_states(plan, cand, ids)
+        elif grad_at is not None and self.fused_gradients:
+            score = yield from self._gradient_from_states(plan, cand, ids, grad_at)
         else:
             score = self.guard.attempt(self.session.score_segment, ids, cand.tokens, grad_at)
         if score is None:  # the reward failed under reward_failure='fallback'
@@ -391,6 +396,24 @@ class SegmentRefiner:
             region = plan.region
             allowed = [v for v in allowed if v == current or self.constraint.stays_in_region(prefix, region, v)]
         return torch.tensor(allowed, dtype=top_k.dtype)
+
+    def _gradient_from_states(
+        self, plan: SegmentPlan, cand: Candidate, ids: list[int], grad_at: int
+    ) -> Generator[Request, Answer, SegmentScore | None]:
+        """The candidate's score with its gradient at ``grad_at``, taken through the policy's own cache: one pass
+        with gradients over the candidate from the insertion position (shared with other sequences waiting on
+        one); the states before that position were read while decoding. None: the reward failed (fallback)."""
+        assert plan.context_states is not None and cand.states is not None
+        full = [*ids, *cand.tokens]
+        before = torch.cat([plan.context_states, cand.states[:grad_at]])
+        reward = self.reward
+
+        def objective(states: torch.Tensor) -> torch.Tensor:
+            return reward.terms_from_states(full, torch.cat([before, states]))
+
+        request = yield from gradient(GradientFeed(plan.start + grad_at, cand.tokens[grad_at:], objective))
+        self.gradient_work.add(request)
+        return self.guard.attempt(_gradient_answer, reward, request)
 
     def _score_from_states(
         self, plan: SegmentPlan, cand: Candidate, ids: list[int]
@@ -520,6 +543,30 @@ class SegmentRefiner:
         if self.constraint is None or self.cfg.steer_structure:
             return True
         return self.constraint.steerable([*ids[self.response_start :], *gen]) is not None
+
+
+@dataclass
+class _GradientWork:
+    """Gradients taken through the policy's cache, for the usage and timing report."""
+
+    calls: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    backward_seconds: float = 0.0
+
+    def add(self, request: GradientFeed) -> None:
+        self.calls += 1
+        self.tokens += len(request.tokens)
+        self.seconds += request.seconds
+        self.backward_seconds += request.backward_seconds
+
+
+def _gradient_answer(reward: RewardModel, request: GradientFeed) -> SegmentScore:
+    """The score a gradient request was answered with (its objective's error raised, for the guard)."""
+    if request.error is not None:
+        raise request.error
+    assert request.values is not None and request.gradients is not None
+    return reward.score_from_term_gradients(request.values, request.gradients)
 
 
 @dataclass

@@ -3,7 +3,9 @@
 Each sequence is a generator that yields a :class:`FeedRequest` (tokens to feed, answered with their logits)
 or a :class:`Rollback` (answered with None) and returns its result. The scheduler advances every sequence
 until it waits on a forward pass, runs one pass for all of them (:class:`PolicyBatch`), and repeats; a finished
-sequence leaves the batch. Events the sequences emit are yielded between passes, untouched.
+sequence leaves the batch. Sequences waiting on a reward gradient from the policy's transformer
+(:class:`GradientFeed`) are answered first, all in one pass with gradients. Events the sequences emit are
+yielded between passes, untouched.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Generic, TypeVar
 import torch
 from transformers import PreTrainedModel
 
-from ._batch import Answer, BranchFeed, FeedRequest, Fork, PolicyBatch, Request, Rollback
+from ._batch import Answer, BranchFeed, FeedRequest, Fork, GradientFeed, PolicyBatch, Request, Rollback
 
 __all__ = ["Outbox", "PassCount", "SequenceCoroutine", "run_batched"]
 
@@ -66,7 +68,7 @@ def run_batched(
     batch = PolicyBatch(model, len(sequences), pad_token_id=pad_token_id)
     # The owner of each batch row: (sequence, branch), branch -1 for the sequence's own row.
     owners: list[tuple[int, int]] = [(i, -1) for i in range(len(sequences))]
-    pending: dict[int, FeedRequest | BranchFeed] = {}
+    pending: dict[int, FeedRequest | BranchFeed | GradientFeed] = {}
     results: list[R | None] = [None] * len(sequences)
 
     def row(i: int, branch: int = -1) -> int:
@@ -81,7 +83,7 @@ def run_batched(
     def advance(i: int, value: Answer) -> None:
         try:
             request = sequences[i].send(value)
-            while not isinstance(request, FeedRequest | BranchFeed):
+            while not isinstance(request, FeedRequest | BranchFeed | GradientFeed):
                 if isinstance(request, Rollback):
                     branch = -1 if request.branch is None else request.branch
                     batch.rollback(row(i, branch), request.length)
@@ -104,8 +106,18 @@ def run_batched(
             yield from outbox.drain()
             while pending:
                 keep_rows([r for r, (s, _) in enumerate(owners) if s in pending])  # finished sequences leave
+                gradients = {i: r for i, r in pending.items() if isinstance(r, GradientFeed)}
+                if gradients:
+                    # Before the feed pass: the sequences then join it with what they feed next.
+                    batch.gradient_pass({row(i): r for i, r in gradients.items()})
+                    for i in sorted(gradients):
+                        del pending[i]
+                        advance(i, None)
+                    yield from outbox.drain()
+                    continue
+                waiting = {i: r for i, r in pending.items() if not isinstance(r, GradientFeed)}
                 feeds: dict[int, FeedRequest] = {}
-                for i, request in pending.items():
+                for i, request in waiting.items():
                     if isinstance(request, FeedRequest):
                         feeds[row(i)] = request
                     else:
@@ -115,7 +127,7 @@ def run_batched(
                 elapsed = time.perf_counter() - started
                 # Every answer is taken before any sequence advances: a fork or join moves rows.
                 answers: dict[int, Answer] = {}
-                for i, request in pending.items():
+                for i, request in waiting.items():
                     count = counts[i]
                     count.seconds += elapsed
                     count.forward_passes += 1

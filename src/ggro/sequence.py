@@ -265,6 +265,10 @@ class _Sequence:
         self.final_reward = value if value is not None and finite(value) else None
 
     def result(self, count: PassCount) -> GGROResult:
+        work = self.refiner.gradient_work
+        backward = self.session.backward_seconds
+        if work.calls:
+            backward = (backward or 0.0) + work.backward_seconds
         response_ids = self.ids[self.response_start :]
         if response_ids and response_ids[-1] in self.parts.eos_token_ids:
             response_ids = response_ids[:-1]
@@ -283,16 +287,16 @@ class _Sequence:
                 completion_tokens=len(response_ids),
                 policy_forward_passes=count.forward_passes,
                 policy_tokens_processed=count.tokens_processed,
-                reward_calls=self.session.calls,
-                reward_tokens_processed=self.session.tokens_processed,
+                reward_calls=self.session.calls + work.calls,
+                reward_tokens_processed=self.session.tokens_processed + work.tokens,
             ),
             timing=Timing(
                 seconds=time.perf_counter() - self.started,
                 first_segment_seconds=self.first_segment_time,
                 constraint_seconds=self.constraint.seconds if self.constraint is not None else None,
                 policy_seconds=count.seconds,
-                reward_seconds=self.guard.seconds,
-                reward_backward_seconds=self.session.backward_seconds,
+                reward_seconds=self.guard.seconds + work.seconds,
+                reward_backward_seconds=backward,
             ),
             reward_error=str(self.guard.error) if self.guard.error is not None else None,
         )

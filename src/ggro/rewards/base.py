@@ -138,6 +138,24 @@ class RewardModel(ABC):
         value = self.reward_from_states(ids, states)
         return None if value is None else SegmentScore(reward=value, gradient=None)
 
+    differentiates_states: bool = False
+    """Whether :meth:`terms_from_states` gives the reward as a differentiable function of the policy's states:
+    the decoder then takes nudge gradients through the policy's own cache (one pass over the candidate from the
+    insertion position) instead of the reward session's."""
+
+    def terms_from_states(self, ids: Sequence[int], states: torch.Tensor) -> torch.Tensor:
+        """The reward's terms [T] (one for a plain reward) of ``ids`` from the policy's final hidden states of
+        every position (float32 [len(ids), hidden]), differentiably. Only called when
+        :attr:`differentiates_states`."""
+        raise NotImplementedError(f"reward model {self.name!r} does not differentiate the policy's states")
+
+    def score_from_term_gradients(self, values: Sequence[float], gradients: torch.Tensor) -> SegmentScore:
+        """The score from :meth:`terms_from_states`' values and each one's gradient with respect to the embedding
+        at the insertion position (float32 [T, hidden])."""
+        if len(values) != 1 or gradients.shape[0] != 1:
+            raise RewardError(f"reward model {self.name!r}: expected one term, got {len(values)}")
+        return SegmentScore(reward=float(values[0]), gradient=gradients[0])
+
 
 class TokenEmbeddingReward(RewardModel):
     """A reward that reads token ids through its input-embedding matrix (``_embedding``, set by the subclass):

@@ -56,6 +56,7 @@ class CompositeReward(RewardModel):
         self.weights = tuple(weights)
         self.rewards = tuple(rewards)
         self.differentiable = all(r.differentiable for r in rewards)
+        self.differentiates_states = all(r.differentiates_states for r in rewards)
         # Each term's gradient length, learnt from the first gradient it gives: candidate_scores splits the
         # concatenated vector with it (the decoder treats the gradient as opaque and hands it back here).
         self._sizes: list[int | None] = [None] * len(rewards)
@@ -165,6 +166,26 @@ class CompositeReward(RewardModel):
         return SegmentScore(
             reward=self._weighted(values), gradient=None, terms=dict(zip(self.names, values, strict=True))
         )
+
+    def terms_from_states(self, ids: Sequence[int], states: torch.Tensor) -> torch.Tensor:
+        parts: list[torch.Tensor] = []
+        for i, reward in enumerate(self.rewards):
+            value = self._guard(i, reward.terms_from_states, ids, states)
+            if value.numel() != 1:  # a nested composite's terms would need their own split of the gradient
+                raise RewardError(f"reward {self.name!r}: term {self.names[i]!r} gave {value.numel()} terms, not one")
+            parts.append(value.reshape(1))
+        return torch.cat(parts)
+
+    def score_from_term_gradients(self, values: Sequence[float], gradients: torch.Tensor) -> SegmentScore:
+        if len(values) != len(self.rewards) or gradients.shape[0] != len(self.rewards):
+            raise RewardError(f"reward {self.name!r}: expected {len(self.rewards)} terms, got {len(values)}")
+        reward = self._weighted(values)
+        gradient = None
+        if math.isfinite(reward):
+            for i in range(len(self.rewards)):
+                self._record_size(i, gradients.shape[1])
+            gradient = gradients.reshape(-1)  # the terms' gradients concatenated, as the sessions give them
+        return SegmentScore(reward=reward, gradient=gradient, terms=dict(zip(self.names, values, strict=True)))
 
     def _plain_terms(self) -> str:
         return ", ".join(repr(n) for n, r in zip(self.names, self.rewards, strict=True) if not r.differentiable)

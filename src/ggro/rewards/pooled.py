@@ -93,6 +93,14 @@ class MeanPooledHeadReward(TokenEmbeddingReward):
             return None
         return float(self.head(pool[:given] @ states.to(self.weight.device).float(), float(pool.sum()))[0])
 
+    differentiates_states = True
+
+    def terms_from_states(self, ids: Sequence[int], states: torch.Tensor) -> torch.Tensor:
+        pool = self.pooling_mask(ids)
+        if states.shape[0] != pool.shape[0]:
+            raise RewardError(f"reward model {self.name!r}: {states.shape[0]} states for {pool.shape[0]} tokens")
+        return self.head(pool @ states.to(self.weight.device).float(), float(pool.sum()))
+
     def _hidden(self, **kwargs: Any) -> torch.Tensor:
         try:
             out = self.backbone(**kwargs)

@@ -1,0 +1,119 @@
+"""The policy batch's passes that skip work: a pass over the fed rows only (idle rows are not computed) and the
+reward gradient taken through the policy's own cache. Both must give what the plain computation gives; they run
+on float64 copies of the models, so the comparisons hold on any CPU's kernels."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+import ggro._batch as batch_module
+from conftest import EOS, float64_copy, tiny_llama
+from ggro import CompositeReward
+from ggro._batch import FeedRequest, GradientFeed, PolicyBatch
+from ggro.rewards import MeanPooledHeadReward
+
+MARKER = [3, 4]
+PROMPTS = [[10, 11, 12, 3, 4], [20, 21, 3, 4], [30, 31, 32, 33, 3, 4], [40, 3, 4]]
+
+
+def _policy() -> Any:
+    return float64_copy(tiny_llama(seed=0))
+
+
+def _head(policy: Any, seed: int, name: str) -> MeanPooledHeadReward:
+    torch.manual_seed(seed)
+    return MeanPooledHeadReward(
+        policy.get_decoder(), torch.randn(32), 0.25, response_marker=MARKER, excluded_ids=[EOS], name=name
+    )
+
+
+def _prefilled(policy: Any, rows: int) -> PolicyBatch:
+    batch = PolicyBatch(policy, rows)
+    batch.step({i: FeedRequest(PROMPTS[i % len(PROMPTS)]) for i in range(rows)})
+    return batch
+
+
+@pytest.mark.parametrize("fed", [[1], [0, 5], [2, 3, 4, 5, 6, 7]])
+def test_a_pass_over_the_fed_rows_only_gives_the_logits_and_cache_of_a_full_pass(fed: list[int]) -> None:
+    policy = _policy()
+    results = []
+    for share in (0.0, 1.0):  # never, always: only the fed rows
+        batch = _prefilled(policy, 8)
+        batch.rollback(3, 2)  # holes: the rows no longer line up
+        feeds = {i: FeedRequest([7 + i, 9], all_logits=True, hidden=True) for i in fed}
+        saved, batch_module.FED_ROW_SHARE = batch_module.FED_ROW_SHARE, share
+        try:
+            logits = batch.step(feeds)
+            after = batch.step({i: FeedRequest([5]) for i in fed})  # reads the KV the first pass wrote
+        finally:
+            batch_module.FED_ROW_SHARE = saved
+        results.append((logits, after, {i: feeds[i].states for i in fed}))
+    (full, full_after, full_states), (only, only_after, only_states) = results
+    for i in fed:
+        torch.testing.assert_close(only[i], full[i], rtol=0, atol=1e-10)
+        torch.testing.assert_close(only_after[i], full_after[i], rtol=0, atol=1e-10)
+        torch.testing.assert_close(only_states[i], full_states[i], rtol=0, atol=1e-10)
+
+
+def _gradient_request(
+    reward: MeanPooledHeadReward | CompositeReward, batch: PolicyBatch, row: int, segment: list[int]
+) -> GradientFeed:
+    """A gradient of the reward of row ``row``'s prompt + ``segment`` at the segment's first token, as the decoder
+    asks for it: the prompt's states come from the policy's own pass."""
+    prompt = PROMPTS[row % len(PROMPTS)]
+    request = FeedRequest(prompt, hidden=True)
+    PolicyBatch(batch.model, 1).step({0: request})
+    before = request.states
+    assert before is not None
+
+    def objective(states: torch.Tensor) -> torch.Tensor:
+        return reward.terms_from_states([*prompt, *segment], torch.cat([before, states]))
+
+    return GradientFeed(len(prompt), segment, objective)
+
+
+@pytest.mark.parametrize("composite", [False, True])
+def test_gradients_through_the_policys_cache_equal_the_reward_sessions(composite: bool) -> None:
+    policy = _policy()
+    head = _head(policy, 3, "harm")
+    reward: MeanPooledHeadReward | CompositeReward = head
+    if composite:
+        reward = CompositeReward([("harm", 1.0, head), ("help", 2.0, _head(policy, 4, "help"))], name="two heads")
+    batch = _prefilled(policy, 4)
+    batch.rollback(1, 2)  # row 1 re-fed after a roll-back: its slots have a hole
+    batch.step({1: FeedRequest(PROMPTS[1][2:])})
+    batch.step({2: FeedRequest([41, 42])})  # row 2 holds tokens after the prompt: the gradient must not see them
+    segments = {0: [15, 16, 17], 1: [25], 2: [35, 36], 3: [45, 46, 47, 48]}
+    requests = {i: _gradient_request(reward, batch, i, s) for i, s in segments.items()}
+    batch.gradient_pass(requests)  # all four rows in one pass
+    for i, segment in segments.items():
+        request = requests[i]
+        assert request.error is None and request.values is not None and request.gradients is not None
+        fused = reward.score_from_term_gradients(request.values, request.gradients)
+        expected = reward.open_session().score_segment(PROMPTS[i], segment, 0)
+        assert fused.reward == pytest.approx(expected.reward, abs=1e-10)
+        assert fused.gradient is not None and expected.gradient is not None
+        torch.testing.assert_close(fused.gradient, expected.gradient.float(), rtol=1e-5, atol=1e-6)
+        if composite:
+            assert fused.terms == pytest.approx(expected.terms, abs=1e-10)
+
+
+def test_a_failing_objective_is_its_own_rows_error_alone() -> None:
+    policy = _policy()
+    reward = _head(policy, 3, "harm")
+    batch = _prefilled(policy, 2)
+    good = _gradient_request(reward, batch, 0, [15, 16])
+
+    def broken(states: torch.Tensor) -> torch.Tensor:
+        raise ValueError("head exploded")
+
+    bad = GradientFeed(len(PROMPTS[1]), [25, 26], broken)
+    batch.gradient_pass({0: good, 1: bad})
+    assert isinstance(bad.error, ValueError) and bad.values is None and bad.gradients is None
+    assert good.error is None and good.gradients is not None
+    expected = reward.open_session().score_segment(PROMPTS[0], [15, 16], 0)
+    assert expected.gradient is not None
+    torch.testing.assert_close(good.gradients[0], expected.gradient.float(), rtol=1e-5, atol=1e-6)
