@@ -105,7 +105,9 @@ class GGROOptions(BaseModel):
         default=True,
         description="When the reward is a head on the policy's own transformer (the embedded rewards are), read "
         "each candidate's reward from the hidden states the policy computed while decoding it instead of a "
-        "second forward pass. Outputs are the same with it on or off, up to float rounding.",
+        "second forward pass, and take nudge gradients through the policy's own cache (one pass with gradients "
+        "over the candidate from the insertion position, shared by the sequences of a batch). Outputs are the "
+        "same with it on or off, up to float rounding.",
     )
     speculative_refinement: bool = Field(
         default=True,

@@ -3,7 +3,8 @@ it, accept the kept candidate (resyncing the policy cache to the new context), s
 until the response is done; then assemble the result.
 
 The policy's KV cache of prompt + accepted text is reused by every refinement (roll back to the insertion
-position, never re-prefill); the reward model keeps its own prefix cache per sequence (see ``rewards.hf``).
+position, never re-prefill); a reward model keeps its own prefix cache per sequence (see ``rewards.hf``), unless
+it is fused (a head on the policy's transformer: rewards from the policy's states, gradients through its cache).
 """
 
 from __future__ import annotations
