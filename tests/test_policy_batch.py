@@ -117,3 +117,27 @@ def test_a_failing_objective_is_its_own_rows_error_alone() -> None:
     expected = reward.open_session().score_segment(PROMPTS[0], [15, 16], 0)
     assert expected.gradient is not None
     torch.testing.assert_close(good.gradients[0], expected.gradient.float(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_non_finite_or_constant_objective_leaves_the_other_rows_gradients_alone() -> None:
+    policy = _policy()
+    reward = _head(policy, 3, "harm")
+    batch = _prefilled(policy, 3)
+    good = _gradient_request(reward, batch, 0, [15, 16])
+    nan = GradientFeed(len(PROMPTS[1]), [25], lambda states: states.sum(-1)[:1] * float("nan"))
+    constant = GradientFeed(len(PROMPTS[2]), [35, 36], lambda states: torch.ones(1, dtype=torch.float64))
+    batch.gradient_pass({0: good, 1: nan, 2: constant})
+    assert nan.values is not None and nan.values[0] != nan.values[0]  # NaN, reported as it is
+    assert constant.gradients is not None and not constant.gradients.any()
+    expected = reward.open_session().score_segment(PROMPTS[0], [15, 16], 0)
+    assert good.gradients is not None and expected.gradient is not None
+    torch.testing.assert_close(good.gradients[0], expected.gradient.float(), rtol=1e-5, atol=1e-6)
+    only_constant = GradientFeed(len(PROMPTS[2]), [35, 36], lambda states: torch.ones(1, dtype=torch.float64))
+    batch.gradient_pass({2: only_constant})  # nothing to differentiate at all: zeros, not an autograd error
+    assert only_constant.gradients is not None and not only_constant.gradients.any()
+
+
+def test_a_gradient_request_beyond_its_row_is_refused() -> None:
+    batch = _prefilled(_policy(), 1)
+    with pytest.raises(ValueError, match="gradient request: length 99"):
+        batch.gradient_pass({0: GradientFeed(99, [5], lambda states: states.sum(-1)[:1])})

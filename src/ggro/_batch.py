@@ -293,6 +293,8 @@ class PolicyBatch:
         for j, i in enumerate(fed_rows):
             req = requests[i]
             n = len(req.tokens)
+            if not 0 < req.length <= len(self.rows[i].slots) or n == 0:
+                raise ValueError(f"gradient request: length {req.length} and {n} tokens on a row of {self.length(i)}")
             attention[j, self.rows[i].slots[: req.length]] = True
             attention[j, start : start + n] = True
             ids[j, :n] = torch.tensor(req.tokens)
@@ -330,8 +332,10 @@ class PolicyBatch:
             for t in range(count):
                 # Rows are independent, so the gradient of the sum gives each row its own term's gradient.
                 total = torch.stack([v[t] for v in terms.values() if v.numel() > t]).sum()
-                (grad,) = torch.autograd.grad(total, leaf, retain_graph=t < count - 1, allow_unused=True)
-                grads.append(torch.zeros_like(leaf) if grad is None else grad.detach().float())
+                grad = None
+                if total.requires_grad:  # else no term depends on the states: every gradient is 0
+                    (grad,) = torch.autograd.grad(total, leaf, retain_graph=t < count - 1, allow_unused=True)
+                grads.append(torch.zeros_like(leaf, dtype=torch.float32) if grad is None else grad.detach().float())
         finished = time.perf_counter()
         for j, value in terms.items():
             req = requests[fed_rows[j]]
