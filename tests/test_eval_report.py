@@ -99,6 +99,9 @@ def test_summaries_and_report() -> None:
     assert "| set | method − baseline | n | gold | probe (secondary) | guidance |" in report
     assert "| harm | bon-16 − greedy | 4 | -0.100 [-0.100, -0.100] | +0.250 [+0.250, +0.250] | +0.700" in report
     assert "| harm | ggro − greedy | 4 | +0.150 [+0.150, +0.150] | n/a | +0.400" in report
+    # GGRO against every Best-of-N that ran (bon-2 is not in PAIRS), each pair once.
+    assert "| harm | ggro − bon-2 | 4 | +0.050 [+0.050, +0.050] |" in report
+    assert report.count("| harm | ggro − bon-4 |") == 1
 
 
 def test_paired_difference_interval() -> None:

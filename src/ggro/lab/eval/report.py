@@ -233,9 +233,13 @@ def _paired_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     )
     found = False
     # Each speed variant of GGRO (a refinement mode, early exit) against GGRO at the default preset (`ggro`).
-    speed = [(m, "ggro") for m in dict.fromkeys(r["method"] for r in rows) if ggro_speed_variant(m) is not None]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    speed = [(m, "ggro") for m in methods if ggro_speed_variant(m) is not None]
+    # GGRO against every Best-of-N that ran, not only PAIRS' (a BoN-8 is the one matched to GGRO's cost on CPU).
+    sizes = sorted(n for n in (best_of_n_size(m) for m in methods) if n is not None)
+    best_of_n = [("ggro", f"bon-{n}") for n in sizes if ("ggro", f"bon-{n}") not in PAIRS]
     for set_name in dict.fromkeys(r["set"] for r in rows):
-        for method, baseline in [*PAIRS, *speed]:
+        for method, baseline in [*PAIRS, *best_of_n, *speed]:
             gold = paired_difference(rows, set_name, method, baseline)
             if gold is None:
                 continue
