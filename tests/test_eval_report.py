@@ -229,6 +229,10 @@ def test_ggro_eval_runs_a_prompts_file_as_its_own_set(
     (out / "eval.md").unlink()
     report_only = ["eval", "--report-only", "--out-dir", str(out), "--max-new-tokens", "5", "--set-name", "everyday"]
     assert main(report_only) == 0 and "### everyday" in (out / "eval.md").read_text()
+    # A later run on other sets (or a report without --set-name) keeps the file's set, at its threshold.
+    (out / "eval.md").unlink()
+    assert main(report_only[:-2]) == 0 and "### everyday" in (out / "eval.md").read_text()
+    assert "gold threshold for coverage (`everyday`): 0.5" in (out / "eval.md").read_text()
     capsys.readouterr()
     # The file's problems and a name that would mix with a standard set are clear errors.
     (tmp_path / "empty.txt").write_text("\n  \n", encoding="utf-8")

@@ -197,13 +197,11 @@ def write_report(
         raise ValueError(
             f"report: no rows in {jsonl}" + (f" with max_new_tokens={max_new_tokens}" if max_new_tokens else "")
         )
-    # The file may hold sets this run did not touch (an earlier run's): they keep their standard thresholds.
+    # The file may hold sets this run did not touch (an earlier run's): they keep their standard thresholds, and
+    # a set without one came from a prompts file, judged like the harm sets.
     known = {**GOLD_THRESHOLDS, **thresholds}
     sets_seen = list(dict.fromkeys(r["set"] for r in rows))
-    unknown = [name for name in sets_seen if name not in known]
-    if unknown:
-        raise ValueError(f"report: no gold threshold for set(s) {unknown}")
-    thresholds = {name: known[name] for name in sets_seen}
+    thresholds = {name: known.get(name, CUSTOM_SET_THRESHOLD) for name in sets_seen}
     # The models and seeds come from the rows (run_eval keeps one model pair per file), so a report written
     # with --report-only names them too.
     from_rows = {key: sorted({str(r.get(field)) for r in rows}) for key, field in _ROW_SETTINGS.items()}
