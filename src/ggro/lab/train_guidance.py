@@ -141,6 +141,13 @@ REFUSALS_PER_EVERYDAY_PROMPT = 2
 SAFE_HARM = 0.25
 UNSAFE_HARM = 0.75
 MANY_SHOT_MEMBER = "pyrit/datasets/jailbreak/many_shot_examples.json"
+ADVBENCH_MEMBER = "pyrit/datasets/seed_datasets/local/adv_bench.prompt"
+HARMFUL_OWN_PROMPTS = 256
+"""AdvBench instructions sampled (seeded) for the ``harmful-own`` source, half per side: the policy's own answers
+cost a generation each, and 128 prompts a side give several hundred pairs."""
+NEAR_DUPLICATE_JACCARD = 0.5
+"""A training prompt whose word set shares at least this Jaccard similarity with an evaluation prompt's is dropped
+(AdvBench and HarmBench phrase some behaviours alike; the key check alone only catches exact copies)."""
 HELD_OUT_HARM_FRACTION = 0.5
 """Share of the held-out harm objectives evaluated (a seeded half: the feature pass on 2 shared CPU cores)."""
 DIAGNOSTIC_TARGET = 5
@@ -651,6 +658,19 @@ def generate_answers(
     return [done[p] for p in prompts]
 
 
+HARMFUL_STYLES: tuple[AnswerStyle | None, ...] = (None, AnswerStyle("sampled", temperature=0.8))
+"""The policy's own answers per harmful prompt (source ``harmful-own``): its greedy answer (what plain decoding
+shows a user) and one sample at temperature 0.8 (a nudge-like departure from it)."""
+
+
+def generate_harmful_answers(prompts: Sequence[str], **kwargs: Any) -> dict[str, list[str]]:
+    """The policy's answers to harmful prompts, one per :data:`HARMFUL_STYLES` entry (cached per style)."""
+    per_style = [
+        generate_answers(prompts, style=style, cache_name="harmful-answers", **kwargs) for style in HARMFUL_STYLES
+    ]
+    return {prompt: [answers[i] for answers in per_style] for i, prompt in enumerate(prompts)}
+
+
 def generate_styled_answers(prompts: Sequence[str], **kwargs: Any) -> dict[str, list[str]]:
     """One answer per :data:`ANSWER_STYLES` entry to each prompt, in the styles' order (cached per style)."""
     per_style = [generate_answers(prompts, style=style, **kwargs) for style in ANSWER_STYLES]
@@ -808,6 +828,12 @@ class Data:
     diagnostic: list[tuple[str, str]]
     disjointness: dict[str, list[str]]
     file_counts: dict[str, int]
+    harmful_prompts: list[str] = dataclasses.field(default_factory=list)
+    """AdvBench instructions for the ``harmful-own`` source (disjoint from every evaluation set, near copies
+    dropped), a seeded sample of :data:`HARMFUL_OWN_PROMPTS`."""
+    harmful_sides: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
+    harmful_dropped: int = 0
+    """AdvBench instructions dropped as evaluation prompts or near copies of one."""
     harm_held_eval: frozenset[str] | None = None
     """The held-out harm objectives evaluated (None: all); a seeded half, to fit the feature pass in the time
     this machine had (:data:`HELD_OUT_HARM_FRACTION`)."""
@@ -819,7 +845,49 @@ class Data:
         return self.harm_sides[side]
 
 
-def load_data(*, split_seed: int = SPLIT_SEED, excluded: dict[str, frozenset[str]] | None = None) -> Data:
+def load_advbench(wheel: Path) -> list[str]:
+    """AdvBench's 520 harmful instructions as pinned in pyrit's seed datasets (distinct, in file order)."""
+    import zipfile
+
+    import yaml
+
+    with zipfile.ZipFile(wheel) as archive:
+        seeds = yaml.safe_load(archive.read(ADVBENCH_MEMBER).decode("utf-8"))["seeds"]
+    return list(dict.fromkeys(" ".join(str(seed["value"]).split()) for seed in seeds))
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset("".join(c if c.isalnum() else " " for c in text.casefold()).split())
+
+
+def near_duplicates(prompt: str, references: Iterable[str], threshold: float = NEAR_DUPLICATE_JACCARD) -> list[str]:
+    """The references whose word set has a Jaccard similarity of at least ``threshold`` with ``prompt``'s."""
+    words = _words(prompt)
+    out = []
+    for ref in references:
+        other = _words(ref)
+        union = len(words | other)
+        if union and len(words & other) / union >= threshold:
+            out.append(ref)
+    return out
+
+
+@functools.cache
+def _evaluation_texts() -> tuple[str, ...]:
+    from .prompts import EVERYDAY_BENIGN, RISKY_SOUNDING_BENIGN, donotanswer_prompts, harmbench_prompts
+
+    return (*EVERYDAY_BENIGN, *RISKY_SOUNDING_BENIGN, *harmbench_prompts(), *donotanswer_prompts(10**6))
+
+
+def load_data(
+    *,
+    split_seed: int = SPLIT_SEED,
+    excluded: dict[str, frozenset[str]] | None = None,
+    reference_texts: Sequence[str] | None = None,
+) -> Data:
+    """Every training and held-out source, split into sides. ``excluded``: objective keys no training prompt may
+    have (default: every evaluation set's); ``reference_texts``: prompts no harmful training prompt may nearly
+    copy (default: every evaluation prompt)."""
     wheel = pyrit_wheel()
     harm_rows, file_counts = load_harm_rows(wheel)
     objective_rows = load_objective_rows(wheel)
@@ -834,6 +902,15 @@ def load_data(*, split_seed: int = SPLIT_SEED, excluded: dict[str, frozenset[str
     held_eval = _split_keys(harm_sides[1], split_seed + 1)[0] if HELD_OUT_HARM_FRACTION < 1 else None
     shots = [s for s in load_many_shot(wheel) if s.harmful]
     kept = [s for s in shots if objective_key(s.question) not in banned]
+    advbench = load_advbench(wheel)
+    eligible = [p for p in advbench if objective_key(p) not in banned]
+    eligible = [
+        p
+        for p in eligible
+        if not near_duplicates(p, _evaluation_texts() if reference_texts is None else reference_texts)
+    ]
+    order = np.random.default_rng(split_seed).permutation(len(eligible))
+    harmful = [eligible[i] for i in sorted(order[:HARMFUL_OWN_PROMPTS])]
     return Data(
         harm_rows=harm_rows,
         harm_sides=harm_sides,
@@ -847,6 +924,9 @@ def load_data(*, split_seed: int = SPLIT_SEED, excluded: dict[str, frozenset[str
         disjointness=disjointness,
         file_counts=file_counts,
         harm_held_eval=held_eval,
+        harmful_prompts=harmful,
+        harmful_sides=_split_keys((objective_key(p) for p in harmful), split_seed),
+        harmful_dropped=len(advbench) - len(eligible),
     )
 
 
@@ -858,11 +938,19 @@ def _mixed_objectives(rows: Sequence[ObjectiveRow]) -> set[str]:
 
 
 def build_pairs(
-    data: Data, answers: dict[str, str], side: int, styled: Mapping[str, Sequence[str]] | None = None
+    data: Data,
+    answers: dict[str, str],
+    side: int,
+    styled: Mapping[str, Sequence[str]] | None = None,
+    harmful_answers: Mapping[str, Sequence[str]] | None = None,
 ) -> list[Pair]:
     """Every preference pair of one side (0: guidance, 1: held out); see the module doc for the sources.
-    ``styled``: extra on-topic answers per everyday prompt (:data:`ANSWER_STYLES`), each over one refusal."""
+    ``styled``: extra on-topic answers per everyday prompt (:data:`ANSWER_STYLES`), each over one refusal.
+    ``harmful_answers``: the policy's own answers per harmful prompt (:data:`HARMFUL_STYLES`)."""
     pairs: list[Pair] = []
+    for prompt in data.harmful_prompts:
+        if objective_key(prompt) in data.harmful_sides[side]:
+            pairs += harmful_own_pairs(prompt, (harmful_answers or {}).get(prompt, ()))
     for prompt in EVERYDAY_PROMPTS:
         if objective_key(prompt) not in data.everyday_sides[side]:
             continue
@@ -902,6 +990,18 @@ def build_pairs(
     return pairs
 
 
+def harmful_own_pairs(prompt: str, own: Sequence[str]) -> list[Pair]:
+    """Source ``harmful-own``: for a harmful prompt, every answer of the policy's own that does not refuse is
+    rejected, below a refusal template and below each of the policy's own refusals to it (in its own words)."""
+    own = [a for a in dict.fromkeys(own) if a]
+    refusals = [a for a in own if looks_like_refusal(a)]
+    pairs = []
+    for i, answer in enumerate(a for a in own if not looks_like_refusal(a)):
+        for chosen in (refusal_for(prompt, i), *refusals):
+            pairs.append(Pair("harmful-own", prompt, chosen, answer))
+    return pairs
+
+
 _REFUSAL_OPENINGS = ("i'm sorry", "i am sorry", "i can't", "i cannot", "i can not", "as an ai", "i'm unable")
 
 
@@ -917,7 +1017,11 @@ def _pair_texts(pairs: Iterable[Pair]) -> list[tuple[str, str]]:
 
 
 def gather_features(
-    data: Data, *, answers: dict[str, str] | None = None, styled: Mapping[str, Sequence[str]] | None = None
+    data: Data,
+    *,
+    answers: dict[str, str] | None = None,
+    styled: Mapping[str, Sequence[str]] | None = None,
+    harmful_answers: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, str]:
     """Answers and features of everything the training reads, in order of need; each store is cached, and the
     responses to one prompt go in one call so that the prompt runs once. Returns the everyday answers."""
@@ -931,8 +1035,8 @@ def gather_features(
     extract_features(harm_texts(harm_sides[0]), store="harm")
     if answers is None:
         answers = dict(zip(EVERYDAY_PROMPTS, generate_answers(EVERYDAY_PROMPTS), strict=True))
-    pairs = [*build_pairs(data, answers, 0, styled), *build_pairs(data, answers, 1, styled)]
-    for source in ("everyday", "everyday-styles", "many-shot"):
+    pairs = [p for side in (0, 1) for p in build_pairs(data, answers, side, styled, harmful_answers)]
+    for source in ("everyday", "everyday-styles", "many-shot", "harmful-own"):
         extract_features(_pair_texts(p for p in pairs if p.source == source), store=_store_of(source))
     objective_texts = _pair_texts(p for p in pairs if p.source == "objective-sets")
     objective_texts += [(r.objective, r.response) for r in data.objective_rows if r.key in data.objective_sides[1]]
@@ -949,6 +1053,7 @@ def _store_of(source: str) -> str:
         "objective-sets": "objective",
         "harmful-refusal": "harm",
         "harm-scores": "harm",
+        "harmful-own": "harmful",
     }[source]
 
 
@@ -1208,6 +1313,11 @@ def _parser() -> argparse.ArgumentParser:
         help="train on the greedy everyday answers only (no ANSWER_STYLES pairs): the previous heads' data",
     )
     parser.add_argument(
+        "--no-harmful-own",
+        action="store_true",
+        help="no harmful-own pairs (the policy's own answers to AdvBench instructions): the second heads' data",
+    )
+    parser.add_argument(
         "--cached-objective-rows",
         action="store_true",
         help="evaluate the objective sets' held-out rows whose features are cached only (the rest are skipped "
@@ -1232,14 +1342,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = load_data(split_seed=args.split_seed)
     answers = dict(zip(EVERYDAY_PROMPTS, generate_answers(EVERYDAY_PROMPTS), strict=True))
     styled = generate_styled_answers(EVERYDAY_PROMPTS) if not args.no_styles else None
+    harmful = generate_harmful_answers(data.harmful_prompts) if not args.no_harmful_own else None
     if not args.cached_objective_rows:
-        gather_features(data, answers=answers, styled=styled)
+        gather_features(data, answers=answers, styled=styled, harmful_answers=harmful)
     guidance_rows = [r for r in data.harm_rows if r.key in data.harm_sides[0]]
     held_rows = [r for r in data.harm_rows if r.key in data.harm_keys(1)]
     harm_g = extract_features([(r.objective, r.response) for r in guidance_rows], store="harm")
     harm_h = extract_features([(r.objective, r.response) for r in held_rows], store="harm")
     held_harm = np.array([r.harm for r in held_rows])
-    pairs_g, pairs_h = build_pairs(data, answers, 0, styled), build_pairs(data, answers, 1, styled)
+    pairs_g, pairs_h = (build_pairs(data, answers, side, styled, harmful) for side in (0, 1))
     pf_g, pf_h = pair_features(pairs_g), pair_features(pairs_h)
     objective_held = [r for r in data.objective_rows if r.key in data.objective_sides[1]]
     objective_total = len(objective_held)
@@ -1260,6 +1371,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "objective_rows_held_out_evaluated": len(objective_held),
         "many_shot_harmful_kept": len(data.many_shot),
         "many_shot_harmful_dropped_as_evaluation_prompts": data.many_shot_dropped,
+        "advbench_prompts_per_side": [len(s) for s in data.harmful_sides],
+        "advbench_dropped_as_evaluation_prompts_or_near_copies": data.harmful_dropped,
+        "advbench_prompts_the_policy_refused": {
+            (style.name if style else "greedy"): sum(
+                looks_like_refusal(answers_[i]) for answers_ in (harmful or {}).values()
+            )
+            for i, style in enumerate(HARMFUL_STYLES)
+        },
         "pairs_guidance": dict(sorted(_count(p.source for p in pairs_g).items())),
         "pairs_held_out": dict(sorted(_count(p.source for p in pairs_h).items())),
         "diagnostic_objectives": len(data.diagnostic),
@@ -1268,7 +1387,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"data: {len(EVERYDAY_PROMPTS)} everyday prompts (disjoint from every evaluation set: "
         f"{not any(data.disjointness.values())}), harm rows {len(guidance_rows)} guidance / {len(held_rows)} held out, "
         f"many-shot harmful items kept {len(data.many_shot)} (dropped {data.many_shot_dropped} that are evaluation "
-        f"prompts)\neveryday prompts the policy itself refused (no everyday pair): "
+        f"prompts), AdvBench prompts {counts['advbench_prompts_per_side']} (dropped {data.harmful_dropped} as "
+        f"evaluation prompts or near copies), refused by the policy {counts['advbench_prompts_the_policy_refused']}"
+        f"\neveryday prompts the policy itself refused (no everyday pair): "
         f"{counts['everyday_prompts_the_policy_refused']}"
         f"\npairs guidance {counts['pairs_guidance']}\npairs held out {counts['pairs_held_out']}"
     )
@@ -1392,14 +1513,22 @@ def _markdown(
     lines = [
         "| reward | guidance side, cross-validated | held-out harm Spearman / AUC | held-out objective-set AUC "
         "| held-out pair accuracy (everyday / everyday-styles / harmful-refusal / harm-scores / objective-sets / "
-        "many-shot) "
+        "many-shot / harmful-own) "
         "| refusal diagnostic: prefers the refusal |",
         "|---|---|---|---|---|---|",
     ]
     if before is not None:
         lines.append(f"| smollm2-harm-head (before) | | | | | {before['prefer_refusal']}/{before['n']} |")
     for name, h in held.items():
-        sources = ("everyday", "everyday-styles", "harmful-refusal", "harm-scores", "objective-sets", "many-shot")
+        sources = (
+            "everyday",
+            "everyday-styles",
+            "harmful-refusal",
+            "harm-scores",
+            "objective-sets",
+            "many-shot",
+            "harmful-own",
+        )
         pairs = " / ".join(f"{h['pairs'][s]['accuracy']:.4f}" if s in h["pairs"] else "-" for s in sources)
         lines.append(
             f"| {name} | {cv[name]} | {h['harm_half']['full']['spearman']:.4f} / {h['harm_half']['full']['auc']:.4f} "
