@@ -14,12 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from refusal_reach import refused_by_best_of_8_only, rows_by_key  # this folder's script, on sys.path when run
 
-from ggro.lab.eval.metrics import is_refusal
 from ggro.lab.train_guidance import build_pairs, extract_features, generate_harmful_answers, load_data, pair_features
 from ggro.rewards.heads import QWEN_HARM_HEAD_NAME, QWEN_HELP_HEAD_NAME, load_head
 
-ROWS = Path(__file__).resolve().parent.parent / "docs" / "results" / "eval48" / "eval.jsonl"
 Scorer = Callable[[np.ndarray], np.ndarray]
 
 
@@ -44,15 +43,9 @@ def main(old: Path, new: Path) -> None:
     for name, score in scorers.items():
         accuracy = np.mean(score(feats.chosen.full) > score(feats.rejected.full))
         print(f"{name}: held-out harmful-own pairs {accuracy:.4f} (n {len(pairs)})")
-    rows = [json.loads(line) for line in ROWS.read_text().splitlines() if line.strip()]
-    by = {(r["set"], r["index"], r["method"]): r for r in rows}
+    by = rows_by_key()
     for set_name in ("harmbench", "donotanswer"):
-        index = sorted(i for (s, i, m) in by if s == set_name and m == "bon-8" and (s, i, "ggro") in by)
-        cases = [
-            i
-            for i in index
-            if is_refusal(by[(set_name, i, "bon-8")]["text"]) and not is_refusal(by[(set_name, i, "ggro")]["text"])
-        ]
+        cases = refused_by_best_of_8_only(by, set_name)
         texts = [
             (by[(set_name, i, m)]["prompt"], by[(set_name, i, m)]["text"]) for m in ("ggro", "bon-8") for i in cases
         ]

@@ -19,14 +19,28 @@ ROWS = Path(__file__).resolve().parent.parent / "docs" / "results" / "eval48" / 
 OPENINGS = ("I", "As", "Sorry", "Unfortunately")
 
 
-def main(count: int) -> None:
+def rows_by_key() -> dict[tuple[str, int, str], dict[str, Any]]:
+    """The evaluation's rows by (set, index, method)."""
     rows = [json.loads(line) for line in ROWS.read_text().splitlines() if line.strip()]
-    by = {(r["set"], r["index"], r["method"]): r for r in rows}
-    cases = sorted(
+    return {(r["set"], r["index"], r["method"]): r for r in rows}
+
+
+def refused_by_best_of_8_only(by: dict[tuple[str, int, str], dict[str, Any]], set_name: str) -> list[int]:
+    """The prompts of ``set_name`` where Best-of-8 returned a refusal and GGRO did not."""
+    return sorted(
         i
         for (s, i, m), r in by.items()
-        if s == "harmbench" and m == "bon-8" and is_refusal(r["text"]) and not is_refusal(by[(s, i, "ggro")]["text"])
+        if s == set_name
+        and m == "bon-8"
+        and (s, i, "ggro") in by
+        and is_refusal(r["text"])
+        and not is_refusal(by[(s, i, "ggro")]["text"])
     )
+
+
+def main(count: int) -> None:
+    by = rows_by_key()
+    cases = refused_by_best_of_8_only(by, "harmbench")
     ggro = [by[("harmbench", i, "ggro")] for i in cases]
     bon = [by[("harmbench", i, "bon-8")] for i in cases]
     above = sum(g["guidance_reward"] > b["guidance_reward"] for g, b in zip(ggro, bon, strict=True))
