@@ -141,3 +141,24 @@ def test_a_gradient_request_beyond_its_row_is_refused() -> None:
     batch = _prefilled(_policy(), 1)
     with pytest.raises(ValueError, match="gradient request: length 99"):
         batch.gradient_pass({0: GradientFeed(99, [5], lambda states: states.sum(-1)[:1])})
+
+
+def test_a_compacted_cache_gives_each_row_the_logits_of_its_own_tokens_alone() -> None:
+    policy = _policy()
+    batch = _prefilled(policy, 4)
+    tokens = {i: list(PROMPTS[i]) for i in range(4)}
+    for t in range(12):  # row 0 advances alone: every other row gathers a dead slot each pass
+        batch.step({0: FeedRequest([13 + t])})
+        tokens[0].append(13 + t)
+    batch.step({2: FeedRequest([6, 7, 8])})
+    tokens[2] += [6, 7, 8]
+    slots_before = batch.num_slots
+    batch.rollback(0, len(PROMPTS[0]) + 2)  # a rejected candidate: most of row 0's slots die
+    del tokens[0][len(PROMPTS[0]) + 2 :]
+    longest = max(len(t) for t in tokens.values())
+    assert batch.num_slots <= longest + batch_module.COMPACT_SLACK < slots_before  # it compacted
+    assert [batch.length(i) for i in range(4)] == [len(tokens[i]) for i in range(4)]
+    logits = batch.step({i: FeedRequest([9]) for i in range(4)})
+    for i in range(4):
+        alone = PolicyBatch(policy, 1).step({0: FeedRequest([*tokens[i], 9])})
+        torch.testing.assert_close(logits[i], alone[0], rtol=0, atol=1e-10)

@@ -127,6 +127,13 @@ copying their KV costs less than computing the idle rows (measured on a 2-core C
 of 8 to 64 rows of about 120 slots: 2 of 8 fed rows 96 -> 63 ms a pass, 4 of 8 87 -> 93 ms)."""
 
 
+COMPACT_SLACK = 8
+"""The cache is compacted once it holds more than this many slots beyond its longest row. Each pass adds its
+width to every row, fed or not, so idle rows gather dead slots; compacting early keeps the cache near the
+longest row. Bench (SmolLM2-135M, 8 prompts, 48 new tokens): ggro-batch peak memory 1.47-1.59x greedy in three
+runs under the earlier rule (twice the longest row plus 64), 1.35-1.41x in two runs under this one, no slower."""
+
+
 def _pass_fed_rows_only(idle: int, fed: int) -> bool:
     return idle > 0 and fed <= FED_ROW_SHARE * (fed + idle)
 
@@ -170,7 +177,7 @@ class PolicyBatch:
             crop_to(self.cache, last)
             self.live = self.live[:, :last]
         longest = max((len(r.slots) for r in self.rows), default=0)
-        if self.num_slots > 2 * longest + 64:
+        if self.num_slots > longest + COMPACT_SLACK:
             self._compact(longest)
 
     def _compact(self, longest: int) -> None:
