@@ -3,8 +3,9 @@
 Every sequence owns one row of a shared KV cache. A step feeds each row a chunk of its own length
 (right-padded with dead slots). Rolling a row back marks its slots dead in the attention mask instead of
 moving memory; RoPE/learned positions come from explicit ``position_ids`` so holes change nothing
-numerically meaningful. Dead tails common to all rows are cropped, and the cache is compacted when
-holes dominate. With one row there are never holes: a rollback is a crop.
+numerically meaningful. Dead tails common to all rows are cropped, and the cache is compacted once it
+holds more than :data:`COMPACT_SLACK` slots beyond its longest row. With one row there are never holes: a
+rollback is a crop.
 """
 
 from __future__ import annotations
