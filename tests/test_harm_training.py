@@ -444,7 +444,8 @@ def test_gold_probe_cross_validation_splits_are_reproduced(pyrit_halves: dict[st
     (other kernels, other batch padding: ~1e-6 relative), which moves the held-out predictions by about as
     much relative to their spread (alpha >= 316 on standardized features keeps the ridge well conditioned), so
     a figure can only change where two of a fold's ~100 predictions lie that close: about 100^2/2 * 2e-6 =
-    0.01 such pairs are expected. The tolerance allows two exchanged pairs, and the alphas must be equal.
+    0.01 such pairs are expected. The tolerance allows two exchanged pairs, and the alphas must be the same
+    grid point.
     """
     from ggro.lab.gold import embed_pairs, load_minilm
 
@@ -459,8 +460,11 @@ def test_gold_probe_cross_validation_splits_are_reproduced(pyrit_halves: dict[st
     assert len(results) == len(cv["per_split"]) >= 5
     harm = np.array([r.harm for r in half])
     for got, shipped, (_, test) in zip(results, cv["per_split"], folds, strict=True):
-        keys = ("fold", "alpha", "test_rows", "test_objectives", "train_rows")
+        keys = ("fold", "test_rows", "test_objectives", "train_rows")
         assert [got[k] for k in keys] == [shipped[k] for k in keys]
+        # The same grid point: the grid's 10 ** x can differ in the last bit between NumPy's SIMD paths
+        # (316.22776601683796 here against 316.2277660168379 in the JSON), and its points are 10 ** 0.5 apart.
+        assert got["alpha"] == pytest.approx(shipped["alpha"], rel=1e-9), got["fold"]
         spearman_swap, auc_swap = one_swap_bounds(harm[test], cv["harmful_threshold"])
         assert got["full"]["n"] == shipped["full"]["n"]
         assert abs(got["full"]["spearman"] - shipped["full"]["spearman"]) <= 2 * spearman_swap, got["fold"]
