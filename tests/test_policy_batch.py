@@ -162,3 +162,46 @@ def test_a_compacted_cache_gives_each_row_the_logits_of_its_own_tokens_alone() -
     for i in range(4):
         alone = PolicyBatch(policy, 1).step({0: FeedRequest([*tokens[i], 9])})
         torch.testing.assert_close(logits[i], alone[0], rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager", "copies"])
+def test_a_forks_rows_share_their_parents_cache_row_and_each_sees_its_own_tokens_alone(attention: str) -> None:
+    """The "copies" case is the fallback for attention kernels that take no 4-D mask: a cache row per branch."""
+    policy = _policy()
+    policy.set_attn_implementation("sdpa" if attention == "copies" else attention)
+    # Eager attention takes its softmax in float32 whatever the model's dtype, so keys of another length (the
+    # fork's slots) change its rounding: ~1e-7 relative on logits of order 1. A wrong mask moves them by ~0.1.
+    atol = 1e-5 if attention == "eager" else 1e-10
+    batch = _prefilled(policy, 2)
+    batch.tree_forks = attention != "copies"
+    tokens = {i: list(PROMPTS[i]) for i in range(2)}
+    batch.step({0: FeedRequest([13, 14])})  # row 0's draft: the branches must not see it
+    tokens[0] += [13, 14]
+    length = len(PROMPTS[0]) + 1
+    branches = batch.fork(0, 3, length)
+    assert batch.num_homes == (5 if attention == "copies" else 2)  # else no KV copied: they live in row 0's
+    for row in branches:
+        tokens[row] = tokens[0][:length]
+    for t in range(3):  # the branches advance together (ragged: branch 2 feeds two tokens at first), row 1 too
+        feeds = {
+            row: FeedRequest([20 + 3 * b + t] + ([7] if (b, t) == (2, 0) else []), all_logits=True)
+            for b, row in enumerate(branches)
+        }
+        feeds[1] = FeedRequest([30 + t], all_logits=True)
+        logits = batch.step(feeds)
+        for row, request in feeds.items():
+            tokens[row] += request.tokens
+            alone = PolicyBatch(policy, 1).step({0: FeedRequest(tokens[row], all_logits=True)})
+            n = len(request.tokens)
+            torch.testing.assert_close(logits[row], alone[0][-n:], rtol=0, atol=atol)
+    batch.rollback(branches[1], length + 1)  # a branch cut back: the others keep their tokens
+    del tokens[branches[1]][length + 1 :]
+    batch.adopt_row(0, branches[1])  # the kept branch becomes row 0; the others leave
+    tokens[0] = tokens[branches[1]]
+    batch.drop_rows([0, 1])
+    assert batch.num_homes == 2
+    assert batch.num_slots <= max(len(tokens[0]), len(tokens[1])) + batch_module.COMPACT_SLACK
+    logits = batch.step({0: FeedRequest([9]), 1: FeedRequest([9])})
+    for i in range(2):
+        alone = PolicyBatch(policy, 1).step({0: FeedRequest([*tokens[i], 9])})
+        torch.testing.assert_close(logits[i], alone[0], rtol=0, atol=atol)

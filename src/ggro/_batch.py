@@ -1,11 +1,13 @@
 """Batched policy forward passes for sequences that each roll back and advance on their own.
 
-Every sequence owns one row of a shared KV cache. A step feeds each row a chunk of its own length
-(right-padded with dead slots). Rolling a row back marks its slots dead in the attention mask instead of
-moving memory; RoPE/learned positions come from explicit ``position_ids`` so holes change nothing
-numerically meaningful. Dead tails common to all rows are cropped, and the cache is compacted once it
-holds more than :data:`COMPACT_SLACK` slots beyond its longest row. With one row there are never holes: a
-rollback is a crop.
+Every sequence owns a row: a list of slots in one batch row of a shared KV cache, its home. A step feeds each
+home a chunk (right-padded with dead slots). Rolling a row back marks its slots dead in the attention mask
+instead of moving memory; RoPE/learned positions come from explicit ``position_ids`` so holes change nothing
+numerically meaningful. A fork's branch rows share their parent's home and prefix slots: their tokens are fed
+side by side in the home's chunk under a 4-D mask that lets each token see its own row's slots only (a tree
+over one cache row, as in tree-based speculative decoding), so a fork copies no KV. Dead tails common to all
+homes are cropped, and the cache is compacted once it holds more than :data:`COMPACT_SLACK` slots beyond its
+fullest home.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from transformers import PreTrainedModel
 
 from ._compat import (
     append_cache_rows,
+    attention_mask_4d,
     cache_kwargs,
     cache_position_kwargs,
     cache_rows,
@@ -28,6 +31,7 @@ from ._compat import (
     merge_cache_rows,
     new_cache,
     output_cache,
+    takes_4d_mask,
 )
 
 
@@ -53,8 +57,8 @@ class Rollback:
 
 @dataclass
 class Fork:
-    """Ask for ``count`` branch rows, each a copy of the sequence's row cut back to its first ``length`` tokens
-    (parallel refinement decodes several candidates at once over the shared prefix)."""
+    """Ask for ``count`` branch rows, each holding the sequence's row cut back to its first ``length`` tokens
+    (parallel refinement decodes several candidates at once over the shared prefix; they share its KV)."""
 
     count: int
     length: int
@@ -71,7 +75,7 @@ class BranchFeed:
 @dataclass
 class Join:
     """Ask for the sequence's branch rows to be dropped; with ``keep``, branch ``keep``'s row first replaces the
-    sequence's own (cache and tokens), else the sequence's row is untouched."""
+    sequence's own (its tokens and their KV), else the sequence's row is untouched."""
 
     keep: int | None = None
 
@@ -123,16 +127,17 @@ def feed_branches(requests: list[FeedRequest | None]) -> Generator[Request, Answ
 
 
 FED_ROW_SHARE = 0.25
-"""A pass feeds only the rows that asked to be fed when they are at most this share of the batch: below it,
-copying their KV costs less than computing the idle rows (measured on a 2-core CPU with SmolLM2-135M, batches
+"""A pass feeds only the homes that have rows to feed when they are at most this share of the batch: below it,
+copying their KV costs less than computing the idle homes (measured on a 2-core CPU with SmolLM2-135M, batches
 of 8 to 64 rows of about 120 slots: 2 of 8 fed rows 96 -> 63 ms a pass, 4 of 8 87 -> 93 ms)."""
 
 
 COMPACT_SLACK = 8
-"""The cache is compacted once it holds more than this many slots beyond its longest row. Each pass adds its
-width to every row, fed or not, so idle rows gather dead slots; compacting early keeps the cache near the
-longest row. Bench (SmolLM2-135M, 8 prompts, 48 new tokens): ggro-batch peak memory 1.47-1.59x greedy in three
-runs under the earlier rule (twice the longest row plus 64), 1.35-1.41x in two runs under this one, no slower."""
+"""The cache is compacted once it holds more than this many slots beyond its fullest home (the most live slots
+of one batch row). Each pass adds its width to every home, fed or not, so idle homes gather dead slots, as do
+the branches a join drops; compacting early keeps the cache near the fullest home. Bench (SmolLM2-135M, 8
+prompts, 48 new tokens, before forks shared their home): ggro-batch peak memory 1.47-1.59x greedy in three runs
+under the earlier rule (twice the longest row plus 64), 1.35-1.41x in two runs under this one, no slower."""
 
 
 def _pass_fed_rows_only(idle: int, fed: int) -> bool:
@@ -141,19 +146,30 @@ def _pass_fed_rows_only(idle: int, fed: int) -> bool:
 
 @dataclass
 class _Row:
+    home: int
+    """The cache batch row this row's KV lives in; a fork's branch rows live in their parent's."""
     slots: list[int] = field(default_factory=list)
     """Cache slot index of each live token, in order."""
 
 
 class PolicyBatch:
+    """Rows of sequences decoded together. A row is a list of slots in one cache batch row, its home; rows forked
+    from one parent share that home and the prefix slots they were forked with (a tree over one cache row, as
+    in tree-based speculative decoding): a fork copies no KV, and a pass feeds each home one chunk holding every
+    fed row's tokens, with a 4-D attention mask that lets each token see its own row's slots only. Attention
+    kernels that take no 4-D mask (flash attention) get a home per branch instead, a copy of the parent's."""
+
     def __init__(self, model: PreTrainedModel, num_rows: int, pad_token_id: int = 0) -> None:
         self.model = model
         self.device = next(model.parameters()).device
         self.cache = new_cache(model)
-        self.rows = [_Row() for _ in range(num_rows)]
+        self.rows = [_Row(i) for i in range(num_rows)]
         self.live = torch.zeros(num_rows, 0, dtype=torch.bool)
+        """[homes, slots]: the slots some row of the home holds."""
         self.pad_token_id = pad_token_id
         self.forward_passes = 0
+        self.tree_forks = takes_4d_mask(model)
+        """Whether a fork's rows share their parent's home (else each gets a copy of it)."""
 
     def length(self, row: int) -> int:
         return len(self.rows[row].slots)
@@ -162,14 +178,24 @@ class PolicyBatch:
     def num_slots(self) -> int:
         return self.live.shape[1]
 
+    @property
+    def num_homes(self) -> int:
+        return self.live.shape[0]
+
+    def _refresh_live(self, home: int) -> None:
+        live = torch.zeros(self.num_slots, dtype=torch.bool)
+        for row in self.rows:
+            if row.home == home and row.slots:
+                live[row.slots] = True
+        self.live[home] = live
+
     def rollback(self, row: int, length: int) -> None:
         """Forget everything of ``row`` after its first ``length`` tokens."""
         slots = self.rows[row].slots
         if length >= len(slots):
             return
-        dead = slots[length:]
         del slots[length:]
-        self.live[row, dead] = False
+        self._refresh_live(self.rows[row].home)  # a slot dies once no row of its home holds it
         self._trim()
 
     def _trim(self) -> None:
@@ -177,79 +203,134 @@ class PolicyBatch:
         if last < self.num_slots:
             crop_to(self.cache, last)
             self.live = self.live[:, :last]
-        longest = max((len(r.slots) for r in self.rows), default=0)
+        longest = int(self.live.sum(dim=1).max()) if self.live.numel() else 0
         if self.num_slots > longest + COMPACT_SLACK:
             self._compact(longest)
 
     def _compact(self, longest: int) -> None:
-        """Right-align each row's live slots in a cache of ``longest`` slots."""
-        index = torch.zeros(len(self.rows), longest, dtype=torch.long)
-        live = torch.zeros(len(self.rows), longest, dtype=torch.bool)
-        for i, row in enumerate(self.rows):
-            n = len(row.slots)
-            if n:
-                index[i, longest - n :] = torch.tensor(row.slots)
-                live[i, longest - n :] = True
-            row.slots = list(range(longest - n, longest))
+        """Right-align each home's live slots in a cache of ``longest`` slots (order kept, so every row's slots
+        stay in order)."""
+        index = torch.zeros(self.num_homes, longest, dtype=torch.long)
+        live = torch.zeros(self.num_homes, longest, dtype=torch.bool)
+        moved: list[dict[int, int]] = []
+        for home in range(self.num_homes):
+            kept = self.live[home].nonzero().flatten()
+            first = longest - len(kept)
+            index[home, first:] = kept
+            live[home, first:] = True
+            moved.append({int(old): first + j for j, old in enumerate(kept)})
+        for row in self.rows:
+            row.slots = [moved[row.home][s] for s in row.slots]
         gather_cache_slots(self.cache, index)
         self.live = live
 
     def fork(self, parent: int, count: int, length: int) -> list[int]:
-        """Append ``count`` rows that copy row ``parent`` cut back to its first ``length`` tokens (they share no
-        memory with it afterwards); returns their indices."""
-        slots = self.rows[parent].slots[:length]
+        """Append ``count`` rows holding row ``parent``'s first ``length`` tokens, in its home (no KV is copied:
+        what each feeds afterwards is its own); returns their indices."""
+        home, slots = self.rows[parent].home, self.rows[parent].slots[:length]
         first = len(self.rows)
-        append_cache_rows(self.cache, torch.full((count,), parent, dtype=torch.long))
-        live = torch.zeros(count, self.num_slots, dtype=torch.bool)
-        live[:, slots] = True
-        self.live = torch.cat([self.live, live])
-        self.rows.extend(_Row(list(slots)) for _ in range(count))
+        if self.tree_forks:
+            self.rows.extend(_Row(home, list(slots)) for _ in range(count))
+        else:
+            append_cache_rows(self.cache, torch.full((count,), home, dtype=torch.long))
+            live = torch.zeros(count, self.num_slots, dtype=torch.bool)
+            live[:, slots] = True
+            homes = range(self.num_homes, self.num_homes + count)
+            self.live = torch.cat([self.live, live])
+            self.rows.extend(_Row(h, list(slots)) for h in homes)
         return list(range(first, first + count))
 
     def adopt_row(self, target: int, source: int) -> None:
-        """Make row ``target`` a copy of row ``source`` (its cache, live slots and tokens)."""
-        copy_cache_row(self.cache, target, source)
-        self.live[target] = self.live[source]
+        """Make row ``target`` hold row ``source``'s tokens (a branch kept): in one home its slots, else a copy
+        of its home's KV (``target``'s home must hold no other row)."""
+        home, source_home = self.rows[target].home, self.rows[source].home
+        if home != source_home:
+            if any(r.home == home for i, r in enumerate(self.rows) if i != target):
+                raise ValueError(f"adopt_row: row {target} shares its cache row; it cannot take a copy of another")
+            copy_cache_row(self.cache, home, source_home)
         self.rows[target].slots = list(self.rows[source].slots)
+        self._refresh_live(home)
+
+    def _chunks(self, requests: dict[int, FeedRequest]) -> dict[int, list[tuple[int, int]]]:
+        """Per home, its fed rows and where each one's tokens start in the home's chunk, in row order."""
+        chunks: dict[int, list[tuple[int, int]]] = {}
+        for i in sorted(requests):
+            home = self.rows[i].home
+            placed = chunks.setdefault(home, [])
+            offset = placed[-1][1] + len(requests[placed[-1][0]].tokens) if placed else 0
+            placed.append((i, offset))
+        return chunks
+
+    def _tree_mask(
+        self, requests: dict[int, FeedRequest], chunks: dict[int, list[tuple[int, int]]], width: int
+    ) -> torch.Tensor:
+        """[homes, 1, width, slots + width] bool: each fed token sees its row's slots and its row's tokens fed
+        before it in the chunk; a padding position sees itself only."""
+        start = self.num_slots
+        mask = torch.zeros(self.num_homes, 1, width, start + width, dtype=torch.bool)
+        padding = torch.ones(self.num_homes, width, dtype=torch.bool)
+        for home, placed in chunks.items():
+            for i, offset in placed:
+                n = len(requests[i].tokens)
+                queries = slice(offset, offset + n)
+                if self.rows[i].slots:
+                    mask[home, 0, queries, torch.tensor(self.rows[i].slots)] = True
+                mask[home, 0, queries, start + offset : start + offset + n] = torch.ones(n, n, dtype=torch.bool).tril()
+                padding[home, queries] = False
+        pad_home, pad_query = padding.nonzero(as_tuple=True)
+        mask[pad_home, 0, pad_query, start + pad_query] = True
+        return mask
 
     def step(self, requests: dict[int, FeedRequest]) -> dict[int, torch.Tensor]:
-        """One forward pass over every row's chunk. Returns float32 logits per requesting row:
+        """One forward pass over every home's chunk. Returns float32 logits per requesting row:
         [len(tokens), vocab] when ``all_logits`` else [1, vocab] (the last fed position)."""
         if not requests:
             return {}
-        width = max(len(r.tokens) for r in requests.values())
-        n_rows = len(self.rows)
-        ids = torch.full((n_rows, width), self.pad_token_id, dtype=torch.long)
-        positions = torch.zeros(n_rows, width, dtype=torch.long)
-        chunk_live = torch.zeros(n_rows, width, dtype=torch.bool)
+        chunks = self._chunks(requests)
+        width = max(placed[-1][1] + len(requests[placed[-1][0]].tokens) for placed in chunks.values())
+        # Homes holding one row need only the plain padding mask (the model adds causality); a fork's rows must
+        # not see each other's tokens (built before the chunk's slots join the rows).
+        tree = any(len(placed) > 1 for placed in chunks.values()) or self._shared_homes(chunks)
+        tree_mask = self._tree_mask(requests, chunks, width) if tree else None
+        n_homes = self.num_homes
+        ids = torch.full((n_homes, width), self.pad_token_id, dtype=torch.long)
+        positions = torch.zeros(n_homes, width, dtype=torch.long)
+        chunk_live = torch.zeros(n_homes, width, dtype=torch.bool)
         start = self.num_slots
-        for i, row in enumerate(self.rows):
-            base = len(row.slots)
-            req = requests.get(i)
-            n = len(req.tokens) if req is not None else 0
-            if req is not None and n:
-                ids[i, :n] = torch.tensor(req.tokens)
-                chunk_live[i, :n] = True
-            positions[i] = base + torch.arange(width).clamp(max=max(n - 1, 0))
-            row.slots.extend(range(start, start + n))
+        for home in range(n_homes):
+            placed = chunks.get(home, [])
+            if not placed:  # an idle home (a full pass): its chunk is padding
+                base = max((len(r.slots) for r in self.rows if r.home == home), default=0)
+                positions[home] = base
+            last = 0
+            for i, offset in placed:
+                row, tokens = self.rows[i], requests[i].tokens
+                n = len(tokens)
+                ids[home, offset : offset + n] = torch.tensor(tokens)
+                positions[home, offset : offset + n] = len(row.slots) + torch.arange(n)
+                chunk_live[home, offset : offset + n] = True
+                row.slots.extend(range(start + offset, start + offset + n))
+                last = offset + n
+            if placed:
+                positions[home, last:] = positions[home, last - 1]
         # Logits only where someone reads them: never a [length x vocab] tensor over a prefill.
         wanted: set[int] = set()
-        for req in requests.values():
-            n = len(req.tokens)
-            wanted.update(range(n) if req.all_logits else [n - 1])
+        for placed in chunks.values():
+            for i, offset in placed:
+                n = len(requests[i].tokens)
+                wanted.update(offset + k for k in (range(n) if requests[i].all_logits else [n - 1]))
         keep = sorted(wanted)
         attention = torch.cat([self.live, chunk_live], dim=1)
-        fed_rows = sorted(requests)
-        # Idle rows (a sequence parked while its branches decode, branches that ended) would cost a row of
-        # compute each; a pass over the fed rows alone costs copying their KV instead.
-        subset = self.num_slots > 0 and _pass_fed_rows_only(n_rows - len(fed_rows), len(fed_rows))
+        fed_homes = sorted(chunks)
+        # Idle homes (a sequence parked while its branches decode, branches that ended) would cost a row of
+        # compute each; a pass over the fed homes alone costs copying their KV instead.
+        subset = start > 0 and _pass_fed_rows_only(n_homes - len(fed_homes), len(fed_homes))
         cache = self.cache
+        mask = attention.to(torch.long) if tree_mask is None else attention_mask_4d(self.model, tree_mask)
         if subset:
-            picked = torch.tensor(fed_rows)
-            ids, positions, attention_in = ids[picked], positions[picked], attention[picked]
+            picked = torch.tensor(fed_homes)
+            ids, positions, mask = ids[picked], positions[picked], mask[picked]
             cache = cache_rows(self.model, self.cache, picked)
-        else:
-            attention_in = attention
         kwargs = cache_kwargs(self.model, cache)
         kwargs.update(cache_position_kwargs(self.model, start, width, self.device))
         hidden = any(r.hidden for r in requests.values())
@@ -258,19 +339,21 @@ class PolicyBatch:
         with torch.no_grad():
             out = self.model(
                 input_ids=ids.to(self.device),
-                attention_mask=attention_in.to(self.device, torch.long),
+                attention_mask=mask.to(self.device),
                 position_ids=positions.to(self.device),
                 use_cache=True,
                 logits_to_keep=torch.tensor(keep, device=self.device),
                 **kwargs,
             )
-        # The output's batch index of each fed row.
-        out_row = {i: j for j, i in enumerate(fed_rows)} if subset else {i: i for i in fed_rows}
+        # The output's batch index of each fed home.
+        out_row = {h: j for j, h in enumerate(fed_homes)} if subset else {h: h for h in fed_homes}
+        where = {i: (out_row[home], offset) for home, placed in chunks.items() for i, offset in placed}
         if hidden:  # the last entry is the final (normed) hidden state, what the LM head reads
             final = out.hidden_states[-1]
             for i, req in requests.items():
                 if req.hidden:
-                    req.states = final[out_row[i], : len(req.tokens)].float()
+                    b, offset = where[i]
+                    req.states = final[b, offset : offset + len(req.tokens)].float()
         self.forward_passes += 1
         returned = output_cache(out)
         if subset:
@@ -282,17 +365,29 @@ class PolicyBatch:
         logits = out.logits
         result: dict[int, torch.Tensor] = {}
         for i, req in requests.items():
+            b, offset = where[i]
             n = len(req.tokens)
-            cols = [column[p] for p in (range(n) if req.all_logits else [n - 1])]
-            result[i] = logits[out_row[i], cols].float()
+            cols = [column[offset + p] for p in (range(n) if req.all_logits else [n - 1])]
+            result[i] = logits[b, cols].float()
         return result
+
+    def _shared_homes(self, chunks: dict[int, list[tuple[int, int]]]) -> bool:
+        """Whether a fed row shares its home with another row (whose slots it must not see)."""
+        fed = {self.rows[i].home for placed in chunks.values() for i, _ in placed}
+        seen: set[int] = set()
+        for row in self.rows:
+            if row.home in fed:
+                if row.home in seen:
+                    return True
+                seen.add(row.home)
+        return False
 
     def gradient_pass(self, requests: dict[int, GradientFeed]) -> None:
         """One forward with gradients over the rows' requests (each on a copy of its row cut to the request's
         length), then one backward per reward term for all of them; answers each request in place."""
         started = time.perf_counter()
         fed_rows = sorted(requests)
-        picked = torch.tensor(fed_rows)
+        picked = torch.tensor([self.rows[i].home for i in fed_rows])
         width = max(len(requests[i].tokens) for i in fed_rows)
         start = self.num_slots
         ids = torch.full((len(fed_rows), width), self.pad_token_id, dtype=torch.long)
@@ -355,12 +450,20 @@ class PolicyBatch:
             req.backward_seconds = (finished - backward) * share
 
     def drop_rows(self, keep_rows: Sequence[int]) -> list[int]:
-        """Keep only ``keep_rows`` (finished sequences leave the batch). Returns the old->new mapping order."""
+        """Keep only ``keep_rows`` (finished sequences leave the batch, a join drops branches); a home goes with
+        its last row. Returns the old->new mapping order."""
         keep = list(keep_rows)
         if len(keep) == len(self.rows):
             return keep
-        self.cache.batch_select_indices(torch.tensor(keep, device=self.device))
-        self.live = self.live[keep]
         self.rows = [self.rows[i] for i in keep]
+        homes = sorted({row.home for row in self.rows})
+        if len(homes) < self.num_homes:
+            self.cache.batch_select_indices(torch.tensor(homes, device=self.device))
+            self.live = self.live[homes]
+            renumber = {old: new for new, old in enumerate(homes)}
+            for row in self.rows:
+                row.home = renumber[row.home]
+        for home in range(self.num_homes):  # the dropped rows' own slots die
+            self._refresh_live(home)
         self._trim()
         return keep

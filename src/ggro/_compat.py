@@ -123,3 +123,24 @@ def merge_cache_rows(cache: DynamicCache, sub: DynamicCache, rows: torch.Tensor,
             grown[:, :, : full.shape[2]] = full
             grown[rows.to(full.device), :, full.shape[2] :] = new
             setattr(layer, name, grown)
+
+
+def takes_4d_mask(model: Any) -> bool:
+    """Whether ``model``'s attention takes a prepared 4-D mask (SDPA and eager do; flash attention does not)."""
+    return (getattr(model.config, "_attn_implementation", None) or "eager") in ("sdpa", "eager")
+
+
+def attention_mask_4d(model: Any, allowed: torch.Tensor) -> torch.Tensor:
+    """A prepared [batch, 1, query, key] mask for ``model`` from a bool one (True: may attend), as transformers
+    builds its own: bool for SDPA, additive float (0 or the dtype's minimum) for eager attention. Other kernels
+    (flash attention) take no 4-D mask: refused with the setting to change."""
+    implementation = getattr(model.config, "_attn_implementation", None) or "eager"
+    if implementation == "sdpa":
+        return allowed
+    if implementation == "eager":
+        dtype = next(model.parameters()).dtype
+        return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    raise ValueError(
+        f"attn_implementation {implementation!r}: decoding a fork's rows together needs a 4-D attention mask; "
+        "load the policy with attn_implementation='sdpa' or 'eager', or use refinement='sequential'"
+    )
