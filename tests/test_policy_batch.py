@@ -170,7 +170,9 @@ def test_a_forks_rows_share_their_parents_cache_row_and_each_sees_its_own_tokens
     policy = _policy()
     policy.set_attn_implementation("sdpa" if attention == "copies" else attention)
     # Eager attention takes its softmax in float32 whatever the model's dtype, so keys of another length (the
-    # fork's slots) change its rounding: ~1e-7 relative on logits of order 1. A wrong mask moves them by ~0.1.
+    # fork's slots) change its rounding: at most about (keys + 2) * 1.2e-7 = 5e-6 relative on each attention
+    # weight over these <= 40 keys, which two layers of weights of order 1 carry to ~1e-5 on logits of order 1.
+    # A wrong mask moves them by ~0.1.
     atol = 1e-5 if attention == "eager" else 1e-10
     batch = _prefilled(policy, 2)
     batch.tree_forks = attention != "copies"
