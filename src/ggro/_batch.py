@@ -13,7 +13,8 @@ fullest home.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections import Counter
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -290,7 +291,7 @@ class PolicyBatch:
         width = max(placed[-1][1] + len(requests[placed[-1][0]].tokens) for placed in chunks.values())
         # Homes holding one row need only the plain padding mask (the model adds causality); a fork's rows must
         # not see each other's tokens (built before the chunk's slots join the rows).
-        tree = any(len(placed) > 1 for placed in chunks.values()) or self._shared_homes(chunks)
+        tree = self._shared_homes(chunks.keys())
         tree_mask = self._tree_mask(requests, chunks, width) if tree else None
         n_homes = self.num_homes
         ids = torch.full((n_homes, width), self.pad_token_id, dtype=torch.long)
@@ -371,16 +372,10 @@ class PolicyBatch:
             result[i] = logits[b, cols].float()
         return result
 
-    def _shared_homes(self, chunks: dict[int, list[tuple[int, int]]]) -> bool:
-        """Whether a fed row shares its home with another row (whose slots it must not see)."""
-        fed = {self.rows[i].home for placed in chunks.values() for i, _ in placed}
-        seen: set[int] = set()
-        for row in self.rows:
-            if row.home in fed:
-                if row.home in seen:
-                    return True
-                seen.add(row.home)
-        return False
+    def _shared_homes(self, fed_homes: Iterable[int]) -> bool:
+        """Whether a fed home holds more than one row (a fed row must not see the others' slots)."""
+        rows_of = Counter(row.home for row in self.rows)
+        return any(rows_of[home] > 1 for home in fed_homes)
 
     def gradient_pass(self, requests: dict[int, GradientFeed]) -> None:
         """One forward with gradients over the rows' requests (each on a copy of its row cut to the request's
