@@ -46,6 +46,11 @@ class FeedRequest:
     states: torch.Tensor | None = None
     """Filled by the pass when ``hidden``: float32 [len(tokens), hidden size]."""
 
+    def read_offsets(self) -> range:
+        """The offsets within ``tokens`` whose logits the request reads."""
+        n = len(self.tokens)
+        return range(n) if self.all_logits else range(n - 1, n)
+
 
 @dataclass
 class Rollback:
@@ -318,8 +323,7 @@ class PolicyBatch:
         wanted: set[int] = set()
         for placed in chunks.values():
             for i, offset in placed:
-                n = len(requests[i].tokens)
-                wanted.update(offset + k for k in (range(n) if requests[i].all_logits else [n - 1]))
+                wanted.update(offset + k for k in requests[i].read_offsets())
         keep = sorted(wanted)
         attention = torch.cat([self.live, chunk_live], dim=1)
         fed_homes = sorted(chunks)
@@ -367,8 +371,7 @@ class PolicyBatch:
         result: dict[int, torch.Tensor] = {}
         for i, req in requests.items():
             b, offset = where[i]
-            n = len(req.tokens)
-            cols = [column[offset + p] for p in (range(n) if req.all_logits else [n - 1])]
+            cols = [column[offset + p] for p in req.read_offsets()]
             result[i] = logits[b, cols].float()
         return result
 

@@ -125,16 +125,20 @@ def merge_cache_rows(cache: DynamicCache, sub: DynamicCache, rows: torch.Tensor,
             setattr(layer, name, grown)
 
 
+def _attention_implementation(model: Any) -> str:
+    return getattr(model.config, "_attn_implementation", None) or "eager"
+
+
 def takes_4d_mask(model: Any) -> bool:
     """Whether ``model``'s attention takes a prepared 4-D mask (SDPA and eager do; flash attention does not)."""
-    return (getattr(model.config, "_attn_implementation", None) or "eager") in ("sdpa", "eager")
+    return _attention_implementation(model) in ("sdpa", "eager")
 
 
 def attention_mask_4d(model: Any, allowed: torch.Tensor) -> torch.Tensor:
     """A prepared [batch, 1, query, key] mask for ``model`` from a bool one (True: may attend), as transformers
     builds its own: bool for SDPA, additive float (0 or the dtype's minimum) for eager attention. Other kernels
     (flash attention) take no 4-D mask: refused with the setting to change."""
-    implementation = getattr(model.config, "_attn_implementation", None) or "eager"
+    implementation = _attention_implementation(model)
     if implementation == "sdpa":
         return allowed
     if implementation == "eager":
