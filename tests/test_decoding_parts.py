@@ -8,7 +8,8 @@ from collections.abc import Callable, Generator
 import pytest
 import torch
 
-from ggro._batch import FeedRequest, Rollback
+import ggro.scheduler as scheduler_module
+from ggro._batch import FeedRequest, GradientFeed, PolicyBatch, Rollback
 from ggro.detokenize import Detokenizer, StreamedText, stop_prefix_length, streamable_text
 from ggro.prompting import as_batch, check_prompt_length, encode_prompt, prompt_text
 from ggro.scheduler import Outbox, PassCount, run_batched
@@ -117,16 +118,21 @@ def test_batches_and_prompt_texts() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- the scheduler
-_Coroutine = Generator[FeedRequest | Rollback, torch.Tensor | None, list[float]]
+_Coroutine = Generator[FeedRequest | Rollback | GradientFeed, torch.Tensor | None, list[float]]
 
 
-def _feeder(name: str, chunks: list[list[int] | int], emit: Callable[[str], None]) -> _Coroutine:
-    """Feeds each list of tokens, rolls back to each int; emits a string per pass, returns each pass's last logit
-    of token 0."""
+def _feeder(name: str, chunks: list[list[int] | int | str], emit: Callable[[str], None]) -> _Coroutine:
+    """Feeds each list of tokens, rolls back to each int, asks for a gradient (of the next token after its first
+    two) at each string; emits a string per pass, returns each pass's last logit of token 0."""
     seen: list[float] = []
     for chunk in chunks:
         if isinstance(chunk, int):
             yield Rollback(chunk)
+            continue
+        if isinstance(chunk, str):
+            request = GradientFeed(2, [4], lambda states: states.sum(-1)[:1])
+            yield request
+            assert request.gradients is not None
             continue
         out = yield FeedRequest(chunk)
         assert out is not None
@@ -175,3 +181,45 @@ def test_closing_the_scheduler_closes_every_sequence() -> None:
     assert next(run) == "a"
     run.close()
     assert sorted(closed) == ["a", "b"]
+
+
+def _passes(plans: list[list[list[int] | int | str]]) -> list[str]:
+    """The passes the scheduler runs for ``plans`` (see :func:`_feeder`): "F" feeds, "G" gradients, each followed by
+    the sequences it serves."""
+    passes: list[str] = []
+
+    class Recorder(PolicyBatch):
+        def step(self, requests: dict[int, FeedRequest]) -> dict[int, torch.Tensor]:
+            passes.append("F" + "".join(str(i) for i in sorted(requests)))
+            return super().step(requests)
+
+        def gradient_pass(self, requests: dict[int, GradientFeed]) -> None:
+            passes.append("G" + "".join(str(i) for i in sorted(requests)))
+            super().gradient_pass(requests)
+
+    outbox: Outbox[str] = Outbox()
+    sequences = [_feeder(str(n), p, outbox.put) for n, p in enumerate(plans)]
+    saved = scheduler_module.PolicyBatch
+    scheduler_module.PolicyBatch = Recorder  # type: ignore[misc]
+    try:
+        for _ in run_batched(tiny_policy(TOKENIZER), sequences, [PassCount() for _ in plans], outbox):
+            pass
+    finally:
+        scheduler_module.PolicyBatch = saved  # type: ignore[misc]
+    return passes
+
+
+def test_a_gradient_request_waits_a_few_passes_for_company_then_goes_alone() -> None:
+    """A gradient pass holds every other sequence up: a lone request lets GRADIENT_WAIT_PASSES feed passes go by
+    first; with nothing else to feed it goes at once."""
+    wait = scheduler_module.GRADIENT_WAIT_PASSES
+    passes = _passes([[[5, 6, 7], "grad", [8]], [[9, 10], *([[11]] * (wait + 2))]])
+    assert passes[: wait + 3] == ["F01", *(["F1"] * wait), "G0", "F01"]
+    assert _passes([[[5, 6, 7], "grad", [8]]]) == ["F0", "G0", "F0"]
+
+
+def test_gradient_requests_that_wait_together_share_one_pass() -> None:
+    assert scheduler_module.GRADIENT_GATHER == 2
+    passes = _passes([[[5, 6, 7], [8], "grad", [9]], [[9, 10], "grad", [11]], [[12, 13], *([[14]] * 4)]])
+    # Sequence 1 asks first and waits one feed pass; sequence 0's request then makes two: one pass for both.
+    assert passes[:4] == ["F012", "F02", "G01", "F012"]

@@ -12,7 +12,7 @@ import torch
 import ggro._batch as batch_module
 from conftest import EOS, float64_copy, tiny_llama
 from ggro import CompositeReward
-from ggro._batch import FeedRequest, GradientFeed, PolicyBatch
+from ggro._batch import FeedRequest, GradientFeed, PolicyBatch, shared_homes
 from ggro.rewards import MeanPooledHeadReward
 
 MARKER = [3, 4]
@@ -207,3 +207,54 @@ def test_a_forks_rows_share_their_parents_cache_row_and_each_sees_its_own_tokens
     for i in range(2):
         alone = PolicyBatch(policy, 1).step({0: FeedRequest([*tokens[i], 9])})
         torch.testing.assert_close(logits[i], alone[0], rtol=0, atol=atol)
+
+
+def test_sequences_sharing_a_cache_row_each_see_their_own_tokens_alone() -> None:
+    """Rows 0-2 share one cache row (their tokens side by side in each pass, unpadded), row 3 has its own: ragged
+    feeds, a roll-back, a compaction, a gradient and a row leaving must all read as each row's tokens alone."""
+    policy = _policy()
+    batch = PolicyBatch(policy, 4, homes=[0, 0, 0, 1])
+    assert batch.num_homes == 2
+    tokens = {i: list(PROMPTS[i]) for i in range(4)}
+    logits = batch.step({i: FeedRequest(PROMPTS[i], all_logits=True) for i in range(4)})
+    for t in range(6):  # row 0 feeds two tokens a pass, row 2 one every other pass, rows 1 and 3 one each
+        feeds = {0: [13 + t, 7], 1: [20 + t], 3: [30 + t]} | ({2: [40 + t]} if t % 2 else {})
+        logits = batch.step({i: FeedRequest(f, all_logits=True) for i, f in feeds.items()})
+        for i, fed in feeds.items():
+            tokens[i] += fed
+            alone = PolicyBatch(policy, 1).step({0: FeedRequest(tokens[i], all_logits=True)})
+            torch.testing.assert_close(logits[i], alone[0][-len(fed) :], rtol=0, atol=1e-10)
+    slots_before = batch.num_slots
+    batch.rollback(0, len(PROMPTS[0]) + 1)  # most of row 0's slots die, in the middle of the shared row
+    del tokens[0][len(PROMPTS[0]) + 1 :]
+    assert batch.num_slots < slots_before  # compacted
+    reward = _head(policy, 3, "harm")
+    request = _gradient_request(reward, batch, 1, [15, 16])
+    request.length = len(PROMPTS[1])  # row 1 holds more: the gradient must see its prompt's slots only
+    batch.gradient_pass({1: request})
+    expected = reward.open_session().score_segment(PROMPTS[1], [15, 16], 0)
+    assert request.gradients is not None and expected.gradient is not None
+    torch.testing.assert_close(request.gradients[0], expected.gradient.float(), rtol=1e-5, atol=1e-6)
+    batch.drop_rows([0, 2, 3])  # row 1 leaves; its home stays with rows 0 and 2
+    del tokens[1]
+    assert batch.num_homes == 2
+    logits = batch.step({i: FeedRequest([9]) for i in range(3)})
+    for i, t in enumerate(tokens.values()):
+        alone = PolicyBatch(policy, 1).step({0: FeedRequest([*t, 9])})
+        torch.testing.assert_close(logits[i], alone[0], rtol=0, atol=1e-10)
+
+
+def test_sequences_share_a_cache_row_while_their_prompts_fit_the_hidden_size() -> None:
+    policy = _policy()  # hidden size 32
+    assert shared_homes(policy, [10, 10, 10, 5, 40, 3, 2]) == [0, 0, 0, 1, 2, 3, 3]
+    assert shared_homes(policy, []) == []
+    policy.config._attn_implementation = "flash_attention_2"  # no 4-D mask: a row each
+    assert shared_homes(policy, [3, 3, 3]) == [0, 1, 2]
+    with pytest.raises(ValueError, match="only where the attention takes a 4-D mask"):
+        PolicyBatch(policy, 2, homes=[0, 0])
+
+
+@pytest.mark.parametrize("homes", [[0, 2], [1, 1], [0], [1, 0]])
+def test_homes_must_count_up_from_zero(homes: list[int]) -> None:
+    with pytest.raises(ValueError, match="homes: expected 2 home numbers"):
+        PolicyBatch(_policy(), 2, homes=homes)

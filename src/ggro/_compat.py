@@ -113,6 +113,18 @@ def cache_rows(model: Any, cache: DynamicCache, rows: torch.Tensor) -> DynamicCa
     return sub
 
 
+def cache_slots(model: Any, cache: DynamicCache, rows: torch.Tensor, index: torch.Tensor) -> DynamicCache:
+    """A new cache whose batch row ``j`` holds the slots ``index[j]`` of the batch row ``rows[j]`` of a
+    non-empty ``cache``, every layer (``index``: [len(rows), slots])."""
+    sub = new_cache(model)
+    for number, layer in enumerate(list[Any](cache.layers)):
+        keys, values = layer.keys, layer.values
+        picked = rows.to(keys.device)
+        idx = index.to(keys.device)[:, None, :, None].expand(-1, keys.shape[1], -1, keys.shape[3])
+        sub.update(keys.index_select(0, picked).gather(2, idx), values.index_select(0, picked).gather(2, idx), number)
+    return sub
+
+
 def merge_cache_rows(cache: DynamicCache, sub: DynamicCache, rows: torch.Tensor, width: int) -> None:
     """Grow every row of ``cache`` by ``width`` slots: for the batch rows ``rows``, the last ``width`` slots of
     ``sub`` (a pass over those rows only, from :func:`cache_rows`); zeros elsewhere (in place, all layers)."""
