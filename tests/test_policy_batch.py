@@ -245,8 +245,10 @@ def test_sequences_sharing_a_cache_row_each_see_their_own_tokens_alone() -> None
 
 
 def test_sequences_share_a_cache_row_while_their_prompts_fit_the_hidden_size() -> None:
-    policy = _policy()  # hidden size 32
-    assert shared_homes(policy, [10, 10, 10, 5, 40, 3, 2]) == [0, 0, 0, 1, 2, 3, 3]
+    policy = _policy()  # hidden size 32: a home holds up to 64 tokens of prompts and new tokens
+    assert batch_module.HOME_SLOTS_PER_HIDDEN == 2
+    assert shared_homes(policy, [10, 10, 10, 30, 40, 70, 2]) == [0, 0, 0, 0, 1, 2, 3]  # 70 alone: over budget
+    assert shared_homes(policy, [10, 10, 10], new_tokens=20) == [0, 0, 1]  # what each may add counts too
     assert shared_homes(policy, []) == []
     policy.config._attn_implementation = "flash_attention_2"  # no 4-D mask: a row each
     assert shared_homes(policy, [3, 3, 3]) == [0, 1, 2]

@@ -153,27 +153,33 @@ def _pass_fed_rows_only(idle: int, fed: int) -> bool:
     return idle > 0 and fed <= FED_ROW_SHARE * (fed + idle)
 
 
-def shared_homes(model: PreTrainedModel, prompt_lengths: Sequence[int]) -> list[int]:
-    """A home for each of a batch's sequences, given their prompts' lengths: in order, sequences share a cache
-    row while its prompts' tokens stay within the policy's hidden size (one home each where the attention takes
-    no 4-D mask).
+HOME_SLOTS_PER_HIDDEN = 2
+"""Sequences share a cache row while their prompts and new tokens add up to at most this many times the policy's
+hidden size (see :func:`shared_homes`)."""
+
+
+def shared_homes(model: PreTrainedModel, prompt_lengths: Sequence[int], new_tokens: int = 0) -> list[int]:
+    """A home for each of a batch's sequences, given their prompts' lengths and the tokens each may add: in order,
+    sequences share a cache row while those add up to at most :data:`HOME_SLOTS_PER_HIDDEN` times the policy's
+    hidden size (one home each where the attention takes no 4-D mask).
 
     Why: a pass feeds every home a chunk as wide as its widest one, so homes of one sequence each are padded to
     the home with a fork's branches (up to 7 tokens a pass against 1): over half the positions computed. In a
     shared home the chunk is the rows' tokens side by side, unpadded, but each token's attention reads (and
-    masks) every slot of the home, about ``slots / (6 * hidden)`` of a position's linear work, so a home is
-    kept to about ``hidden`` slots of prompt. Bench (SmolLM2-135M, hidden 576, 8 prompts of ~30 tokens, 48 new
-    tokens, one home): 2783 positions computed instead of 5928, policy passes 20.9 s instead of 24.1-25.1."""
+    masks) every slot of the home, about ``slots / (6 * hidden)`` of a position's linear work: at most a third
+    under this budget, while long prompts (RAG contexts) keep a home each. Bench (SmolLM2-135M, hidden 576, 8
+    prompts of 37-42 tokens, 48 new tokens, one home): 2783 positions computed instead of 5928, policy passes
+    20.9 s instead of 24.1-25.1."""
     if not takes_4d_mask(model):
         return list(range(len(prompt_lengths)))
-    budget = int(getattr(model.config, "hidden_size", 0) or 0)
+    budget = HOME_SLOTS_PER_HIDDEN * int(getattr(model.config, "hidden_size", 0) or 0)
     homes: list[int] = []
     home, used = 0, 0
     for n in prompt_lengths:
-        if homes and used + n > budget:
+        if homes and used + n + new_tokens > budget:
             home, used = home + 1, 0
         homes.append(home)
-        used += n
+        used += n + new_tokens
     return homes
 
 

@@ -344,7 +344,11 @@ class GGRODecoder:
             run_sequence(parts, i, p, contexts[i], cfg, outbox.put, counts[i], started, constraint)
             for i, p in enumerate(prompts)
         ]
-        return (yield from run_batched(self.policy, sequences, counts, outbox, pad_token_id=pad))
+        return (
+            yield from run_batched(
+                self.policy, sequences, counts, outbox, pad_token_id=pad, new_tokens=cfg.max_new_tokens
+            )
+        )
 
 
 def _drain(stream: Generator[GGROEvent, None, list[GGROResult]]) -> list[GGROResult]:

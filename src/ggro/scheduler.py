@@ -76,9 +76,12 @@ def run_batched(
     outbox: Outbox[E],
     *,
     pad_token_id: int = 0,
+    new_tokens: int = 0,
 ) -> Generator[E, None, list[R]]:
     """Drive ``sequences`` to their ends; yields the events they put in ``outbox`` and returns their results in
-    order. ``counts[i]`` accumulates the passes that fed sequence ``i``. Closing this generator closes them all."""
+    order. ``counts[i]`` accumulates the passes that fed sequence ``i``. ``new_tokens``: how many tokens a
+    sequence may add to its prompt (it decides, with the prompts, which sequences share a cache row). Closing
+    this generator closes them all."""
     # The owner of each batch row: (sequence, branch), branch -1 for the sequence's own row.
     owners: list[tuple[int, int]] = []
     pending: dict[int, FeedRequest | BranchFeed | GradientFeed] = {}
@@ -131,7 +134,8 @@ def run_batched(
                     results[i] = stop.value
             lengths = [len(r.tokens) if isinstance(r, FeedRequest) else 0 for r in first.values()]
             owners = [(i, -1) for i in first]
-            batch = PolicyBatch(model, len(owners), pad_token_id=pad_token_id, homes=shared_homes(model, lengths))
+            homes = shared_homes(model, lengths, new_tokens)
+            batch = PolicyBatch(model, len(owners), pad_token_id=pad_token_id, homes=homes)
             for i, request in first.items():
                 settle(i, request)
             yield from outbox.drain()
