@@ -230,7 +230,7 @@ def test_sequences_sharing_a_cache_row_each_see_their_own_tokens_alone() -> None
     assert batch.num_slots < slots_before  # compacted
     reward = _head(policy, 3, "harm")
     request = _gradient_request(reward, batch, 1, [15, 16])
-    request.length = len(PROMPTS[1])  # row 1 holds more: the gradient must see its prompt's slots only
+    assert request.length == len(PROMPTS[1]) < batch.length(1)  # row 1 holds more: the gradient sees its prompt
     batch.gradient_pass({1: request})
     expected = reward.open_session().score_segment(PROMPTS[1], [15, 16], 0)
     assert request.gradients is not None and expected.gradient is not None
