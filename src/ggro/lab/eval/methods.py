@@ -20,12 +20,14 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from transformers import DynamicCache
 
-from ..._compat import cache_kwargs, output_cache
+from ..._compat import cache_kwargs, cache_rows, output_cache, repeated_cache
 from ...decoder import GGRODecoder, PromptInput
-from ...rewards.base import RewardContext, RewardSession
+from ...rewards.base import RewardContext, RewardModel, RewardSession
 
 __all__ = ["BON_SAMPLING", "MethodOutput", "args_decode", "best_of_n", "best_of_n_batch", "greedy", "greedy_batch"]
 
@@ -142,19 +144,52 @@ def args_decode(
     decoder: GGRODecoder, prompt: PromptInput, max_new_tokens: int, k: int = 10, w: float = 1.0
 ) -> MethodOutput:
     """ARGS greedy decoding: each step appends argmax over the policy's top-``k`` of ``logit + w * reward``
-    (the reward of the context with that token appended; a non-finite reward makes a token lose)."""
+    (the reward of the context with that token appended; a non-finite reward makes a token lose).
+
+    When the reward is a head on the policy's own transformer (:meth:`RewardModel.reads_policy_states`, and
+    the decoder's ``fused_reward`` is on), a step is one policy pass over its ``k`` candidates on the
+    context's cache: the candidates' rewards come from that pass's final states, and the chosen one's logits
+    and cache row carry on, so no reward-model pass runs at all. Otherwise the reward session scores the ``k``
+    candidates in one batched pass on its own cached prefix.
+    """
     if k < 1:
         raise ValueError(f"k: must be at least 1, got {k}")
     started = time.perf_counter()
     prompt_ids = decoder.encode_prompt(prompt)
+    budget = max_new_tokens
+    if decoder.context_window is not None:
+        budget = min(budget, decoder.context_window - len(prompt_ids))
+    fused = w != 0 and decoder.config.fused_reward and decoder.reward.reads_policy_states(decoder.policy)
+    step = _args_fused if fused else _args_session
+    response, final, forwards, calls = step(decoder, prompt, prompt_ids, budget, k, w)
+    body = response[:-1] if response and response[-1] in decoder.eos_token_ids else response
+    return MethodOutput(
+        text=_text(decoder, body),
+        token_ids=body,
+        prompt_token_ids=list(prompt_ids),
+        guidance_reward=final if _finite(final) else None,
+        policy_forward_passes=forwards,
+        reward_calls=calls,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _args_choice(logits: torch.Tensor, rewards: Sequence[float], w: float) -> int:
+    """Index of the best ``logit + w * reward`` (the first of equal maxima; a non-finite reward loses)."""
+    scores = [float(v) + w * r if _finite(r) else -math.inf for v, r in zip(logits, rewards, strict=True)]
+    return max(range(len(scores)), key=lambda i: (scores[i], -i))
+
+
+def _args_session(
+    decoder: GGRODecoder, prompt: PromptInput, prompt_ids: list[int], budget: int, k: int, w: float
+) -> tuple[list[int], float, int, int]:
+    """ARGS with the reward session scoring each step's candidates; returns (response, final reward, policy
+    passes, reward-model passes)."""
     policy = decoder.policy
     session = _session(decoder, prompt, prompt_ids)
     ids = list(prompt_ids)
     response: list[int] = []
     forwards = 0
-    budget = max_new_tokens
-    if decoder.context_window is not None:
-        budget = min(budget, decoder.context_window - len(prompt_ids))
     with torch.no_grad():
         out = policy(input_ids=torch.tensor([ids], device=policy.device), use_cache=True)
         forwards += 1
@@ -163,10 +198,7 @@ def args_decode(
             top = torch.topk(logits, min(k, logits.shape[-1]))
             candidates = [int(t) for t in top.indices]
             rewards = session.score_continuations(ids, [[v] for v in candidates]) if w != 0 else [0.0] * len(candidates)
-            scores = [
-                float(logit) + w * r if _finite(r) else -math.inf for logit, r in zip(top.values, rewards, strict=True)
-            ]
-            choice = candidates[max(range(len(candidates)), key=lambda i: (scores[i], -i))]
+            choice = candidates[_args_choice(top.values, rewards, w)]
             ids.append(choice)
             response.append(choice)
             if choice in decoder.eos_token_ids or len(response) >= budget:
@@ -175,16 +207,65 @@ def args_decode(
             out = policy(input_ids=torch.tensor([[choice]], device=policy.device), **cache)
             forwards += 1
         final = session.score_sequence(ids)
-    body = response[:-1] if response and response[-1] in decoder.eos_token_ids else response
-    return MethodOutput(
-        text=_text(decoder, body),
-        token_ids=body,
-        prompt_token_ids=list(prompt_ids),
-        guidance_reward=final if _finite(final) else None,
-        policy_forward_passes=forwards,
-        reward_calls=session.calls,
-        seconds=time.perf_counter() - started,
-    )
+    return response, final, forwards, session.calls
+
+
+def _args_fused(
+    decoder: GGRODecoder, prompt: PromptInput, prompt_ids: list[int], budget: int, k: int, w: float
+) -> tuple[list[int], float, int, int]:
+    """ARGS reading the rewards from the policy's own final states (see :func:`args_decode`); returns
+    (response, final reward, policy passes, reward-model passes: none)."""
+    policy, reward = decoder.policy, decoder.reward
+    ids = list(prompt_ids)
+    response: list[int] = []
+    with torch.no_grad():
+        out = policy(input_ids=torch.tensor([ids], device=policy.device), use_cache=True, output_hidden_states=True)
+        forwards = 1
+        states = out.hidden_states[-1][0].float()  # [len(ids), hidden]: the context's states, kept for pooling
+        logits, cache = out.logits[0, -1].float(), _returned_cache(out)
+        final = math.nan
+        while len(response) < budget:
+            top = torch.topk(logits, min(k, logits.shape[-1]))
+            candidates = [int(t) for t in top.indices]
+            # The k candidates as k rows of one token each on copies of the context's cache.
+            rows = repeated_cache(cache, len(candidates))
+            out = policy(
+                input_ids=torch.tensor([[v] for v in candidates], device=policy.device),
+                **cache_kwargs(policy, rows),
+                use_cache=True,
+                output_hidden_states=True,
+            )
+            forwards += 1
+            fed = out.hidden_states[-1][:, -1].float()  # [k, hidden]
+            rewards = [
+                _states_reward(reward, [*ids, v], torch.cat([states, fed[i : i + 1]])) for i, v in enumerate(candidates)
+            ]
+            best = _args_choice(top.values, rewards, w)
+            choice = candidates[best]
+            ids.append(choice)
+            response.append(choice)
+            states = torch.cat([states, fed[best : best + 1]])
+            final = rewards[best]
+            logits = out.logits[best, -1].float()
+            cache = cache_rows(policy, _returned_cache(out), torch.tensor([best], device=policy.device))
+            if choice in decoder.eos_token_ids:
+                break
+    if not response:
+        final = _states_reward(reward, ids, states)
+    return response, final, forwards, 0
+
+
+def _returned_cache(output: Any) -> DynamicCache:
+    cache = output_cache(output)
+    if cache is None:
+        raise RuntimeError("ARGS: the policy returned no KV cache with use_cache=True")
+    return cache
+
+
+def _states_reward(reward: RewardModel, ids: Sequence[int], states: torch.Tensor) -> float:
+    """The reward of ``ids`` from the policy's states of every position (NaN when the reward gives none)."""
+    value = reward.reward_from_states(ids, states)
+    return math.nan if value is None else float(value)
 
 
 def _generate(
