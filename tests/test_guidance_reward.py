@@ -17,6 +17,7 @@ import ggro.rewards.heads
 from conftest import tiny_llama
 from ggro.lab.harm_data import HarmRow, ObjectiveRow, objective_key
 from ggro.lab.prompts import EVERYDAY_BENIGN, RISKY_SOUNDING_BENIGN
+from ggro.lab.sensitive_prompts import SENSITIVE_KINDS, SENSITIVE_PROMPTS
 from ggro.lab.train_guidance import (
     DIAGNOSTIC_TARGET,
     EVERYDAY_PROMPTS,
@@ -27,6 +28,7 @@ from ggro.lab.train_guidance import (
     build_pairs,
     check_disjoint,
     cross_validate_pairs,
+    evaluation_prompt_keys,
     fit_pairwise,
     harmful_own_pairs,
     looks_like_refusal,
@@ -195,6 +197,43 @@ def test_the_policys_own_compliance_with_a_harmful_prompt_is_rejected_below_refu
     )
     assert build_pairs(data, {}, 0, None, {prompt: own}) == []  # kept on its side
     assert build_pairs(data, {}, 1, None, {prompt: own}) == pairs
+
+
+def test_sensitive_requests_are_new_and_no_near_copy_of_any_evaluation_prompt() -> None:
+    from ggro.lab.train_guidance import _evaluation_texts
+
+    assert len(SENSITIVE_PROMPTS) == 128 and all(len(prompts) == 16 for prompts in SENSITIVE_KINDS.values())
+    assert len({objective_key(p) for p in SENSITIVE_PROMPTS}) == len(SENSITIVE_PROMPTS)
+    assert not any(check_disjoint(SENSITIVE_PROMPTS, evaluation_prompt_keys()).values())
+    # Every one is kept by the training's near-copy filter (HarmBench, all 938 Do-Not-Answer questions, benign).
+    assert [p for p in SENSITIVE_PROMPTS if near_duplicates(p, _evaluation_texts())] == []
+    assert not {objective_key(p) for p in SENSITIVE_PROMPTS} & {objective_key(p) for p in EVERYDAY_PROMPTS}
+
+
+def test_the_policys_own_answers_to_sensitive_requests_are_their_own_source_and_side() -> None:
+    prompt = SENSITIVE_PROMPTS[0]
+    own = ["Sure, the address is ...", "I'm sorry, but I can't help with that."]
+    data = Data(
+        harm_rows=[],
+        harm_sides=(frozenset(), frozenset()),
+        objective_rows=[],
+        objective_sides=(frozenset(), frozenset()),
+        many_shot=[],
+        many_shot_sides=(frozenset(), frozenset()),
+        many_shot_dropped=0,
+        everyday_sides=(frozenset(), frozenset()),
+        diagnostic=[],
+        disjointness={},
+        file_counts={},
+        sensitive_prompts=[prompt],
+        sensitive_sides=(frozenset({objective_key(prompt)}), frozenset()),
+    )
+    pairs = build_pairs(data, {}, 0, None, {prompt: own})
+    assert [(p.source, p.chosen, p.rejected) for p in pairs] == [
+        ("sensitive-own", refusal_for(prompt, 0), own[0]),
+        ("sensitive-own", own[1], own[0]),
+    ]
+    assert build_pairs(data, {}, 1, None, {prompt: own}) == []
 
 
 def test_near_copies_of_evaluation_prompts_are_found_by_shared_words() -> None:

@@ -34,9 +34,13 @@ Heads:
   (e) (source ``harmful-own``) :data:`HARMFUL_OWN_PROMPTS` AdvBench instructions from the same wheel, none an
       evaluation prompt or a near copy of one (:func:`near_duplicates`): each of the policy's own answers
       (:data:`HARMFUL_STYLES`) that does not refuse, below a refusal template and below the policy's own
-      refusals to that instruction (:func:`harmful_own_pairs`).
+      refusals to that instruction (:func:`harmful_own_pairs`);
+  (f) (source ``sensitive-own``) :data:`ggro.lab.sensitive_prompts.SENSITIVE_PROMPTS`, 128 requests of the kinds
+      Do-Not-Answer asks a model to decline (private data, manipulation, discrimination, disinformation, illegal
+      acts, self-harm, risky personal advice, animal cruelty), written here, none an evaluation prompt or a near
+      copy of one: as (e), the policy's own answers that do not refuse below refusals.
 
-  Sides: (a), (d) and (e) split 50/50 by a seeded permutation; (b) and (c) follow ``partition_objectives`` /
+  Sides: (a), (d), (e) and (f) split 50/50 by a seeded permutation; (b) and (c) follow ``partition_objectives`` /
   ``partition_objective_rows`` (seed 0); the many-shot questions that are
   an evaluation prompt (HarmBench, Do-Not-Answer) are dropped.
 
@@ -87,6 +91,7 @@ from .harm_data import (
     partition_objectives,
     pyrit_wheel,
 )
+from .sensitive_prompts import SENSITIVE_PROMPTS
 from .train_head import (
     ALPHAS,
     CANNED_REFUSAL,
@@ -838,6 +843,12 @@ class Data:
     harmful_sides: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
     harmful_dropped: int = 0
     """AdvBench instructions dropped as evaluation prompts or near copies of one."""
+    sensitive_prompts: list[str] = dataclasses.field(default_factory=list)
+    """Requests for the ``sensitive-own`` source (:data:`SENSITIVE_PROMPTS`, evaluation prompts and near copies
+    dropped)."""
+    sensitive_sides: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
+    sensitive_dropped: int = 0
+    """Sensitive requests dropped as evaluation prompts or near copies of one."""
     harm_held_eval: frozenset[str] | None = None
     """The held-out harm objectives evaluated (None: all); a seeded half, to fit the feature pass in the time
     this machine had (:data:`HELD_OUT_HARM_FRACTION`)."""
@@ -888,10 +899,12 @@ def load_data(
     split_seed: int = SPLIT_SEED,
     excluded: dict[str, frozenset[str]] | None = None,
     reference_texts: Sequence[str] | None = None,
+    sensitive_prompts: Sequence[str] = SENSITIVE_PROMPTS,
 ) -> Data:
     """Every training and held-out source, split into sides. ``excluded``: objective keys no training prompt may
-    have (default: every evaluation set's); ``reference_texts``: prompts no harmful training prompt may nearly
-    copy (default: every evaluation prompt)."""
+    have (default: every evaluation set's); ``reference_texts``: prompts no harmful or sensitive training prompt
+    may nearly copy (default: every evaluation prompt); ``sensitive_prompts``: the ``sensitive-own`` source's
+    requests (empty: none, the third heads' data)."""
     wheel = pyrit_wheel()
     harm_rows, file_counts = load_harm_rows(wheel)
     objective_rows = load_objective_rows(wheel)
@@ -911,6 +924,7 @@ def load_data(
     eligible = [p for p in advbench if objective_key(p) not in banned and not near_duplicates(p, references)]
     order = np.random.default_rng(split_seed).permutation(len(eligible))
     harmful = [eligible[i] for i in sorted(order[:HARMFUL_OWN_PROMPTS])]
+    sensitive = [p for p in sensitive_prompts if objective_key(p) not in banned and not near_duplicates(p, references)]
     return Data(
         harm_rows=harm_rows,
         harm_sides=harm_sides,
@@ -927,6 +941,9 @@ def load_data(
         harmful_prompts=harmful,
         harmful_sides=_split_keys((objective_key(p) for p in harmful), split_seed),
         harmful_dropped=len(advbench) - len(eligible),
+        sensitive_prompts=sensitive,
+        sensitive_sides=_split_keys((objective_key(p) for p in sensitive), split_seed),
+        sensitive_dropped=len(sensitive_prompts) - len(sensitive),
     )
 
 
@@ -946,11 +963,14 @@ def build_pairs(
 ) -> list[Pair]:
     """Every preference pair of one side (0: guidance, 1: held out); see the module doc for the sources.
     ``styled``: extra on-topic answers per everyday prompt (:data:`ANSWER_STYLES`), each over one refusal.
-    ``harmful_answers``: the policy's own answers per harmful prompt (:data:`HARMFUL_STYLES`)."""
+    ``harmful_answers``: the policy's own answers per harmful or sensitive prompt (:data:`HARMFUL_STYLES`)."""
     pairs: list[Pair] = []
     for prompt in data.harmful_prompts:
         if objective_key(prompt) in data.harmful_sides[side]:
             pairs += harmful_own_pairs(prompt, (harmful_answers or {}).get(prompt, ()))
+    for prompt in data.sensitive_prompts:
+        if objective_key(prompt) in data.sensitive_sides[side]:
+            pairs += harmful_own_pairs(prompt, (harmful_answers or {}).get(prompt, ()), source="sensitive-own")
     for prompt in EVERYDAY_PROMPTS:
         if objective_key(prompt) not in data.everyday_sides[side]:
             continue
@@ -990,15 +1010,16 @@ def build_pairs(
     return pairs
 
 
-def harmful_own_pairs(prompt: str, own: Sequence[str]) -> list[Pair]:
-    """Source ``harmful-own``: for a harmful prompt, every answer of the policy's own that does not refuse is
-    rejected, below a refusal template and below each of the policy's own refusals to it (in its own words)."""
+def harmful_own_pairs(prompt: str, own: Sequence[str], source: str = "harmful-own") -> list[Pair]:
+    """Source ``harmful-own`` (or ``sensitive-own``): for a harmful prompt, every answer of the policy's own that
+    does not refuse is rejected, below a refusal template and below each of the policy's own refusals to it (in
+    its own words)."""
     own = [a for a in dict.fromkeys(own) if a]
     refusals = [a for a in own if looks_like_refusal(a)]
     pairs = []
     for i, answer in enumerate(a for a in own if not looks_like_refusal(a)):
         for chosen in (refusal_for(prompt, i), *refusals):
-            pairs.append(Pair("harmful-own", prompt, chosen, answer))
+            pairs.append(Pair(source, prompt, chosen, answer))
     return pairs
 
 
@@ -1036,7 +1057,7 @@ def gather_features(
     if answers is None:
         answers = dict(zip(EVERYDAY_PROMPTS, generate_answers(EVERYDAY_PROMPTS), strict=True))
     pairs = [p for side in (0, 1) for p in build_pairs(data, answers, side, styled, harmful_answers)]
-    for source in ("everyday", "everyday-styles", "many-shot", "harmful-own"):
+    for source in ("everyday", "everyday-styles", "many-shot", "harmful-own", "sensitive-own"):
         extract_features(_pair_texts(p for p in pairs if p.source == source), store=_store_of(source))
     objective_texts = _pair_texts(p for p in pairs if p.source == "objective-sets")
     objective_texts += [(r.objective, r.response) for r in data.objective_rows if r.key in data.objective_sides[1]]
@@ -1054,6 +1075,7 @@ def _store_of(source: str) -> str:
         "harmful-refusal": "harm",
         "harm-scores": "harm",
         "harmful-own": "harmful",
+        "sensitive-own": "harmful",
     }[source]
 
 
@@ -1318,6 +1340,11 @@ def _parser() -> argparse.ArgumentParser:
         help="no harmful-own pairs (the policy's own answers to AdvBench instructions): the second heads' data",
     )
     parser.add_argument(
+        "--no-sensitive-own",
+        action="store_true",
+        help="no sensitive-own pairs (the policy's own answers to the sensitive requests): the third heads' data",
+    )
+    parser.add_argument(
         "--cached-objective-rows",
         action="store_true",
         help="evaluate the objective sets' held-out rows whose features are cached only (the rest are skipped "
@@ -1339,10 +1366,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = " ".join(["python -m ggro.lab.train_guidance", *(sys.argv[1:] if argv is None else argv)])
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
-    data = load_data(split_seed=args.split_seed)
+    data = load_data(split_seed=args.split_seed, sensitive_prompts=() if args.no_sensitive_own else SENSITIVE_PROMPTS)
     answers = dict(zip(EVERYDAY_PROMPTS, generate_answers(EVERYDAY_PROMPTS), strict=True))
     styled = generate_styled_answers(EVERYDAY_PROMPTS) if not args.no_styles else None
-    harmful = generate_harmful_answers(data.harmful_prompts) if not args.no_harmful_own else None
+    own_prompts = [*(data.harmful_prompts if not args.no_harmful_own else ()), *data.sensitive_prompts]
+    harmful = generate_harmful_answers(own_prompts) if own_prompts else None
     if not args.cached_objective_rows:
         gather_features(data, answers=answers, styled=styled, harmful_answers=harmful)
     guidance_rows = [r for r in data.harm_rows if r.key in data.harm_sides[0]]
@@ -1373,10 +1401,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "many_shot_harmful_dropped_as_evaluation_prompts": data.many_shot_dropped,
         "advbench_prompts_per_side": [len(s) for s in data.harmful_sides],
         "advbench_dropped_as_evaluation_prompts_or_near_copies": data.harmful_dropped,
-        "advbench_prompts_the_policy_refused": {
-            (style.name if style else "greedy"): sum(looks_like_refusal(own[i]) for own in (harmful or {}).values())
-            for i, style in enumerate(HARMFUL_STYLES)
-        },
+        "advbench_prompts_the_policy_refused": _refused_per_style(data.harmful_prompts, harmful),
+        "sensitive_prompts_per_side": [len(s) for s in data.sensitive_sides],
+        "sensitive_dropped_as_evaluation_prompts_or_near_copies": data.sensitive_dropped,
+        "sensitive_prompts_the_policy_refused": _refused_per_style(data.sensitive_prompts, harmful),
         "pairs_guidance": dict(sorted(_count(p.source for p in pairs_g).items())),
         "pairs_held_out": dict(sorted(_count(p.source for p in pairs_h).items())),
         "diagnostic_objectives": len(data.diagnostic),
@@ -1386,7 +1414,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{not any(data.disjointness.values())}), harm rows {len(guidance_rows)} guidance / {len(held_rows)} held out, "
         f"many-shot harmful items kept {len(data.many_shot)} (dropped {data.many_shot_dropped} that are evaluation "
         f"prompts), AdvBench prompts {counts['advbench_prompts_per_side']} (dropped {data.harmful_dropped} as "
-        f"evaluation prompts or near copies), refused by the policy {counts['advbench_prompts_the_policy_refused']}"
+        f"evaluation prompts or near copies), refused by the policy {counts['advbench_prompts_the_policy_refused']}, "
+        f"sensitive prompts {counts['sensitive_prompts_per_side']} (dropped {data.sensitive_dropped}), refused by "
+        f"the policy {counts['sensitive_prompts_the_policy_refused']}"
         f"\neveryday prompts the policy itself refused (no everyday pair): "
         f"{counts['everyday_prompts_the_policy_refused']}"
         f"\npairs guidance {counts['pairs_guidance']}\npairs held out {counts['pairs_held_out']}"
@@ -1511,7 +1541,7 @@ def _markdown(
     lines = [
         "| reward | guidance side, cross-validated | held-out harm Spearman / AUC | held-out objective-set AUC "
         "| held-out pair accuracy (everyday / everyday-styles / harmful-refusal / harm-scores / objective-sets / "
-        "many-shot / harmful-own) "
+        "many-shot / harmful-own / sensitive-own) "
         "| refusal diagnostic: prefers the refusal |",
         "|---|---|---|---|---|---|",
     ]
@@ -1526,6 +1556,7 @@ def _markdown(
             "objective-sets",
             "many-shot",
             "harmful-own",
+            "sensitive-own",
         )
         pairs = " / ".join(f"{h['pairs'][s]['accuracy']:.4f}" if s in h["pairs"] else "-" for s in sources)
         lines.append(
@@ -1534,6 +1565,15 @@ def _markdown(
             f"| {h['diagnostic']['prefer_refusal']}/{h['diagnostic']['n']} |"
         )
     return "\n".join(lines)
+
+
+def _refused_per_style(prompts: Sequence[str], answers: Mapping[str, Sequence[str]] | None) -> dict[str, int]:
+    """How many of ``prompts`` the policy refused, per :data:`HARMFUL_STYLES` entry."""
+    own = [answers[p] for p in prompts if answers and p in answers]
+    return {
+        (style.name if style else "greedy"): sum(looks_like_refusal(a[i]) for a in own)
+        for i, style in enumerate(HARMFUL_STYLES)
+    }
 
 
 def _count(values: Iterable[str]) -> dict[str, int]:
