@@ -158,7 +158,9 @@ class GGROOptions(BaseModel):
         gt=0.0,
         le=86400.0,
         description="Seconds one reward-model call may take before it counts as failed (see reward_failure). The "
-        "late call is abandoned: it finishes in a background thread and its result is never read. None: no limit.",
+        "late call is abandoned: it finishes in a background thread and its result is never read. None: no limit. "
+        "Under fused_reward, the gradient of a head on the policy's own states is taken in the policy's own "
+        "backward pass, which is not timed.",
     )
 
 
