@@ -320,7 +320,7 @@ def test_shipped_composite_prefers_answers_to_everyday_requests_and_refusals_to_
 
 def _data_with_only(**fields: object) -> Data:
     """A Data with no rows but ``fields``."""
-    empty = (frozenset(), frozenset())
+    empty: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
     base: dict[str, object] = {
         "harm_rows": [],
         "harm_sides": empty,
